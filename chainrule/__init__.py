@@ -1,0 +1,1 @@
+"""chainrule: the application layer (CLI, benchmarks)."""

@@ -1,0 +1,390 @@
+"""GPT: the decoder-only transformer language model, exactly as GPT-2.
+
+Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"
+(architecture of Radford et al. 2018 with pre-LayerNorm blocks and a final
+LayerNorm); Vaswani et al. 2017 for attention.
+
+    h_0 = W_te[x_t] + W_pe[t]                                   token + learned position
+    a_l = h_{l-1} + Attn( LN_1(h_{l-1}) )                       causal multi-head attention
+    h_l = a_l + W_2 gelu_tanh( W_1 LN_2(a_l) + b_1 ) + b_2      MLP, hidden 4C
+    logits_t = LN_f(h_L)[t] W_te^T                              LM head tied to W_te
+
+    p(x_1..x_T) = prod_t softmax(logits(bos, x_1..x_{t-1}))[x_t]
+
+Parameters are a flat dict of float64 arrays, linear weights stored (in, out):
+
+    wte (V, C)  wpe (block_size, C)
+    blocks.{i}.ln_1.g / .b (C,)        blocks.{i}.attn.qkv.w (C, 3C)  .b (3C,)
+    blocks.{i}.attn.proj.w (C, C) .b   blocks.{i}.ln_2.g / .b (C,)
+    blocks.{i}.mlp.fc.w (C, 4C) .b     blocks.{i}.mlp.proj.w (4C, C) .b
+    ln_f.g / .b (C,)
+
+No dropout: this is the model at inference, and the spec of its likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy
+
+from reference import nn
+from reference import sampling
+from reference.xp import namespace, to_numpy
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Config:
+    """GPT hyper-parameters. head_dim = n_embd // n_head."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    layer_norm_eps: float = 1e-5
+    bos_token: int = 0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Config.{name}: expected a positive int, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"Config.n_embd: expected a multiple of n_head={self.n_head}, got {self.n_embd}"
+            )
+        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
+            raise ValueError(f"Config.layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
+        bos = self.bos_token
+        if not isinstance(bos, (int, numpy.integer)) or isinstance(bos, bool) or not 0 <= bos < self.vocab_size:
+            raise ValueError(f"Config.bos_token: expected an int in [0, {self.vocab_size}), got {bos!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter (the contract `check_params` enforces)."""
+    V, C, L = config.vocab_size, config.n_embd, config.n_layer
+    shapes = {"wte": (V, C), "wpe": (config.block_size, C)}
+    for i in range(L):
+        p = f"blocks.{i}."
+        shapes |= {
+            p + "ln_1.g": (C,), p + "ln_1.b": (C,),
+            p + "attn.qkv.w": (C, 3 * C), p + "attn.qkv.b": (3 * C,),
+            p + "attn.proj.w": (C, C), p + "attn.proj.b": (C,),
+            p + "ln_2.g": (C,), p + "ln_2.b": (C,),
+            p + "mlp.fc.w": (C, 4 * C), p + "mlp.fc.b": (4 * C,),
+            p + "mlp.proj.w": (4 * C, C), p + "mlp.proj.b": (C,),
+        }  # fmt: skip
+    return shapes | {"ln_f.g": (C,), "ln_f.b": (C,)}
+
+
+def init(config: Config, rng: numpy.random.Generator) -> dict:
+    """GPT-2 initialization: weights N(0, 0.02^2), residual projections N(0, (0.02/sqrt(2L))^2),
+    biases 0, LayerNorm gains 1. Returns float64 NumPy arrays."""
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith(".g"):
+            params[name] = numpy.ones(shape)
+        elif name.endswith(".b"):
+            params[name] = numpy.zeros(shape)
+        else:
+            std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("proj.w") else 0.02
+            params[name] = rng.normal(0.0, std, size=shape)
+    return params
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_params(params: dict, config: Config) -> None:
+    """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
+    shapes = param_shapes(config)
+    for name, shape in shapes.items():
+        if name not in params:
+            raise ValueError(f"params: missing parameter {name!r} (expected shape {shape})")
+        actual = tuple(params[name].shape)
+        if actual != shape:
+            raise ValueError(f"params[{name!r}]: expected shape {shape}, got {actual}")
+    extra = sorted(set(params) - set(shapes))
+    if extra:
+        raise ValueError(f"params: unexpected parameters {extra}")
+
+
+def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | None = None, min_len: int = 1):
+    """ValueError unless `tokens` is a (B, T) integer array with ids in [0, V) and min_len <= T <= max_len."""
+    xp = namespace(tokens)
+    if not hasattr(tokens, "dtype") or not xp.issubdtype(tokens.dtype, xp.integer):
+        raise ValueError(f"{name}: expected an integer array, got {getattr(tokens, 'dtype', type(tokens))}")
+    if tokens.ndim != 2:
+        raise ValueError(f"{name}: expected shape (B, T), got {tuple(tokens.shape)}")
+    max_len = config.block_size if max_len is None else max_len
+    T = tokens.shape[1]
+    if not min_len <= T <= max_len:
+        raise ValueError(f"{name}: expected length T in [{min_len}, {max_len}], got T={T}")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size):
+        bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
+        raise ValueError(f"{name}: token ids must lie in [0, {config.vocab_size}), got {bad}")
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def block(params: dict, config: Config, i: int, x, past_k, past_v):
+    """Transformer block i (pre-LN) on new positions x, attending to cached keys/values too.
+
+    x: (B, T, C) activations of the T newest positions; past_k, past_v: (B, nh, P, hs)
+    keys/values of the P earlier positions. Returns (x', k, v) with k, v: (B, nh, P+T, hs).
+    """
+    xp = namespace(x)
+    p = f"blocks.{i}."
+    h = nn.layer_norm(x, params[p + "ln_1.g"], params[p + "ln_1.b"], config.layer_norm_eps)
+    q, k_new, v_new = xp.split(nn.linear(h, params[p + "attn.qkv.w"], params[p + "attn.qkv.b"]), 3, axis=-1)
+    q = nn.split_heads(q, config.n_head)  # (B, nh, T, hs)
+    k = xp.concatenate([past_k, nn.split_heads(k_new, config.n_head)], axis=2)  # (B, nh, P+T, hs)
+    v = xp.concatenate([past_v, nn.split_heads(v_new, config.n_head)], axis=2)  # (B, nh, P+T, hs)
+    mask = nn.causal_mask(q.shape[2], k.shape[2], xp)  # (T, P+T)
+    y = nn.merge_heads(nn.attention(q, k, v, mask))  # (B, T, C)
+    x = x + nn.linear(y, params[p + "attn.proj.w"], params[p + "attn.proj.b"])
+    h = nn.layer_norm(x, params[p + "ln_2.g"], params[p + "ln_2.b"], config.layer_norm_eps)
+    h = nn.gelu_tanh(nn.linear(h, params[p + "mlp.fc.w"], params[p + "mlp.fc.b"]))  # (B, T, 4C)
+    x = x + nn.linear(h, params[p + "mlp.proj.w"], params[p + "mlp.proj.b"])
+    return x, k, v
+
+
+def _run(params: dict, config: Config, tokens, cache: dict):
+    """The network on `tokens` (B, T) placed after the cache's positions -> (logits (B, T, V), new cache)."""
+    xp = namespace(params["wte"])
+    tokens = xp.asarray(tokens)
+    P, T = cache["length"], tokens.shape[1]
+    x = nn.embedding(tokens, params["wte"]) + params["wpe"][P : P + T]  # (B, T, C)
+    keys, values = [], []
+    for i in range(config.n_layer):
+        x, k, v = block(params, config, i, x, cache["k"][i], cache["v"][i])
+        keys.append(k)
+        values.append(v)
+    x = nn.layer_norm(x, params["ln_f.g"], params["ln_f.b"], config.layer_norm_eps)
+    logits = x @ params["wte"].T  # (B, T, V)
+    return logits, {"k": tuple(keys), "v": tuple(values), "length": P + T}
+
+
+def forward(params: dict, config: Config, tokens):
+    """All next-token logits at once (teacher forcing).
+
+    tokens: (B, T) int, 1 <= T <= block_size -> logits (B, T, V) float64, where
+    logits[:, t] is the (unnormalized log) distribution of the token that follows
+    tokens[:, :t+1]. No token is prepended: see `log_prob` for the bos convention.
+    """
+    check_params(params, config)
+    check_tokens(tokens, config)
+    logits, _ = _run(params, config, tokens, init_cache(params, config, tokens.shape[0]))
+    return logits
+
+
+def log_prob(params: dict, config: Config, tokens):
+    """Exact chain-rule log-likelihood in nats:
+
+        log p(x_1..x_T) = sum_{t=1}^{T} log softmax(logits(bos, x_1..x_{t-1}))[x_t]
+
+    with bos = config.bos_token prepended, so every token, the first included, is
+    predicted. tokens: (B, T), 1 <= T <= block_size -> (B,) float64.
+    """
+    xp = namespace(params["wte"])
+    check_tokens(tokens, config)
+    tokens = xp.asarray(tokens)
+    B, T = tokens.shape
+    inputs = xp.concatenate([xp.full((B, 1), config.bos_token, dtype=tokens.dtype), tokens[:, :-1]], axis=1)
+    logp = nn.log_softmax(forward(params, config, inputs), axis=-1)  # (B, T, V)
+    picked = xp.take_along_axis(logp, tokens[:, :, None], axis=-1)[:, :, 0]  # (B, T)
+    return xp.sum(picked, axis=1)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+def init_cache(params: dict, config: Config, batch: int) -> dict:
+    """An empty KV cache: per layer keys and values of shape (B, nh, 0, hs), length 0."""
+    xp = namespace(params["wte"])
+    empty = xp.zeros((batch, config.n_head, 0, config.head_dim))
+    return {"k": (empty,) * config.n_layer, "v": (empty,) * config.n_layer, "length": 0}
+
+
+def prefill(params: dict, config: Config, cache: dict, tokens):
+    """Feed a chunk of tokens (B, T) after the cached positions -> (logits (B, T, V), new cache).
+
+    Pure: the input cache is left as it was. Chunked prefill in any chunk sizes
+    gives the logits of `forward` on the concatenation.
+    """
+    check_tokens(tokens, config, max_len=config.block_size - cache["length"])
+    if tokens.shape[0] != cache["k"][0].shape[0]:
+        raise ValueError(f"tokens: expected batch {cache['k'][0].shape[0]} (the cache's), got {tokens.shape[0]}")
+    return _run(params, config, tokens, cache)
+
+
+def step(params: dict, config: Config, cache: dict, tokens_t):
+    """One decoding step: tokens_t (B,) at position cache['length'] -> (logits_t (B, V), new cache)."""
+    xp = namespace(tokens_t)
+    if getattr(tokens_t, "ndim", None) != 1:
+        raise ValueError(f"tokens_t: expected shape (B,), got {getattr(tokens_t, 'shape', type(tokens_t))}")
+    logits, cache = prefill(params, config, cache, xp.asarray(tokens_t)[:, None])
+    return logits[:, 0], cache
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, processors=(), u=None):
+    """Autoregressive generation, one token at a time through the KV cache.
+
+    prompt: (B, T0) int, T0 >= 1, fed to the model as it is (prepend config.bos_token
+    yourself to sample from the distribution `log_prob` scores).
+    At each step the last logits pass through `processors` (callables logits (B, V)
+    -> logits, applied in order), then the next token is
+      - u is None: the argmax (first index on ties)          -> greedy decoding;
+      - u (B, max_new_tokens) uniforms in [0, 1): inverse-CDF sample with u[:, n].
+    Returns (B, T0 + max_new_tokens) int64, the prompt followed by the new tokens.
+    T0 + max_new_tokens - 1 must not exceed block_size (the last token is never fed).
+    """
+    xp = namespace(params["wte"])
+    check_params(params, config)
+    if not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(max_new_tokens, 1))
+    prompt = xp.asarray(prompt).astype(xp.int64)
+    B = prompt.shape[0]
+    if u is not None:
+        u = xp.asarray(u, dtype=xp.float64)
+        if u.shape != (B, max_new_tokens):
+            raise ValueError(f"u: expected shape {(B, max_new_tokens)}, got {tuple(u.shape)}")
+    tokens = [prompt]
+    if max_new_tokens == 0:
+        return prompt
+    logits, cache = prefill(params, config, init_cache(params, config, B), prompt)
+    logits_t = logits[:, -1]  # (B, V)
+    for n in range(max_new_tokens):
+        for process in processors:
+            logits_t = process(logits_t)
+        nxt = sampling.greedy(logits_t) if u is None else sampling.sample(logits_t, u[:, n])  # (B,)
+        tokens.append(nxt[:, None])
+        if n + 1 < max_new_tokens:
+            logits_t, cache = step(params, config, cache, nxt)
+    return xp.concatenate(tokens, axis=1)
+
+
+def greedy(params: dict, config: Config, prompt, max_new_tokens: int):
+    """Greedy decoding: generate with the argmax at every step (first index on ties)."""
+    return generate(params, config, prompt, max_new_tokens)
+
+
+def sample(params: dict, config: Config, rng: numpy.random.Generator, prompt, max_new_tokens: int, processors=()):
+    """Ancestral sampling: u = rng.random((B, max_new_tokens)), then `generate` with those uniforms."""
+    u = rng.random((prompt.shape[0], max_new_tokens))
+    return generate(params, config, prompt, max_new_tokens, processors=processors, u=u)
+
+
+# ----------------------------------------------------------------------------- HF GPT-2 interop
+
+_HF_BLOCK = {
+    "ln_1.weight": "ln_1.g", "ln_1.bias": "ln_1.b",
+    "attn.c_attn.weight": "attn.qkv.w", "attn.c_attn.bias": "attn.qkv.b",
+    "attn.c_proj.weight": "attn.proj.w", "attn.c_proj.bias": "attn.proj.b",
+    "ln_2.weight": "ln_2.g", "ln_2.bias": "ln_2.b",
+    "mlp.c_fc.weight": "mlp.fc.w", "mlp.c_fc.bias": "mlp.fc.b",
+    "mlp.c_proj.weight": "mlp.proj.w", "mlp.c_proj.bias": "mlp.proj.b",
+}  # fmt: skip
+_HF_TOP = {"wte.weight": "wte", "wpe.weight": "wpe", "ln_f.weight": "ln_f.g", "ln_f.bias": "ln_f.b"}
+_HF_BUFFERS = ("attn.bias", "attn.masked_bias")  # causal-mask buffers some versions save
+
+
+def _as_float64(value):
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().to("cpu").double().numpy()
+    return numpy.array(value, dtype=numpy.float64)
+
+
+def _check_hf_config(hf: dict) -> None:
+    """ValueError for the GPT-2 options this spec does not implement."""
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"hf_config['activation_function']: expected 'gelu_new' (tanh GELU), got {act!r}")
+    n_inner = hf.get("n_inner")
+    if n_inner not in (None, 4 * hf["n_embd"]):
+        raise ValueError(f"hf_config['n_inner']: expected None or {4 * hf['n_embd']}, got {n_inner!r}")
+    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                      ("tie_word_embeddings", True), ("add_cross_attention", False)):  # fmt: skip
+        if hf.get(key, want) != want:
+            raise ValueError(f"hf_config[{key!r}]: expected {want}, got {hf[key]!r}")
+
+
+def from_hf_gpt2(state_dict: dict, hf_config: dict, bos_token: int | None = None):
+    """Load a HF transformers GPT2LMHeadModel (or GPT2Model) state dict -> (params, config).
+
+    state_dict: name -> numpy array or torch tensor; hf_config: a dict such as
+    `model.config.to_dict()`. HF's Conv1D stores weights (in, out) like chainrule.
+    The LM head must be tied to wte (absent, or equal to wte). bos_token defaults
+    to hf_config['bos_token_id'].
+    """
+    hf = dict(hf_config)
+    _check_hf_config(hf)
+    bos = hf.get("bos_token_id") if bos_token is None else bos_token
+    if bos is None:
+        raise ValueError("bos_token: hf_config has no bos_token_id; pass bos_token=")
+    config = Config(
+        vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+        n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        bos_token=bos,
+    )  # fmt: skip
+    params, head = {}, None
+    for key, value in state_dict.items():
+        name = key.removeprefix("transformer.")
+        if name == "lm_head.weight":
+            head = _as_float64(value)
+        elif name in _HF_TOP:
+            params[_HF_TOP[name]] = _as_float64(value)
+        elif name.startswith("h.") and name.split(".", 2)[2] in _HF_BLOCK:
+            _, i, rest = name.split(".", 2)
+            params[f"blocks.{i}.{_HF_BLOCK[rest]}"] = _as_float64(value)
+        elif not name.endswith(_HF_BUFFERS):
+            raise ValueError(f"state_dict: unexpected key {key!r}")
+    check_params(params, config)
+    if head is not None and not numpy.array_equal(head, params["wte"]):
+        raise ValueError("state_dict['lm_head.weight']: expected to be tied to (equal to) wte, got a different matrix")
+    return params, config
+
+
+def to_hf_gpt2(params: dict, config: Config):
+    """-> (state_dict of float64 NumPy arrays for GPT2LMHeadModel, hf config dict).
+
+    `GPT2LMHeadModel(GPT2Config(**hf_config)).load_state_dict({k: torch.from_numpy(v) ...})`
+    loads it; lm_head.weight is included (equal to wte) so strict loading works.
+    """
+    check_params(params, config)
+    inverse_block = {v: k for k, v in _HF_BLOCK.items()}
+    inverse_top = {v: k for k, v in _HF_TOP.items()}
+    state = {}
+    for name, value in params.items():
+        value = to_numpy(value).astype(numpy.float64)
+        if name in inverse_top:
+            state["transformer." + inverse_top[name]] = value
+        else:
+            _, i, rest = name.split(".", 2)
+            state[f"transformer.h.{i}.{inverse_block[rest]}"] = value
+    state["lm_head.weight"] = state["transformer.wte.weight"].copy()
+    hf_config = {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_embd": config.n_embd,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
+        "bos_token_id": config.bos_token, "eos_token_id": config.bos_token,
+    }  # fmt: skip
+    return state, hf_config

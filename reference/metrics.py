@@ -1,0 +1,41 @@
+"""Likelihood metrics, all derived from log-probabilities in nats.
+
+- nll = -mean log p(x) per example (nats);
+- perplexity = exp(total nats / total tokens);
+- bits/dim = total nats / (number of dimensions * ln 2)  (van den Oord et al. 2016).
+"""
+
+from __future__ import annotations
+
+import math
+
+from reference.xp import namespace
+
+
+def nll(log_probs):
+    """Mean negative log-likelihood in nats: -(1/B) sum_b log p(x_b).  log_probs: (B,)."""
+    xp = namespace(log_probs)
+    return -float(xp.mean(xp.asarray(log_probs, dtype=xp.float64)))
+
+
+def perplexity(log_probs, n_tokens):
+    """exp( -sum_b log p(x_b) / N ), N the total number of predicted tokens.
+
+    log_probs: (B,) nats per sequence; n_tokens: total tokens scored (an int, or (B,) counts).
+    """
+    xp = namespace(log_probs)
+    total_tokens = float(xp.sum(xp.asarray(n_tokens)))
+    if total_tokens <= 0:
+        raise ValueError(f"n_tokens: expected a positive total, got {total_tokens}")
+    return math.exp(-float(xp.sum(log_probs)) / total_tokens)
+
+
+def bits_per_dim(nats, n_dims):
+    """Bits per dimension: nats / (n_dims ln 2).
+
+    nats: negative log-likelihood of one example in nats (a float or an array,
+    e.g. -log_prob); n_dims: dimensions per example (C*H*W for images, T for sequences).
+    """
+    if n_dims <= 0:
+        raise ValueError(f"n_dims: expected a positive number of dimensions, got {n_dims}")
+    return nats / (n_dims * math.log(2.0))
