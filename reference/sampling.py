@@ -17,7 +17,7 @@ def check_logits(logits, name="logits"):
     xp = namespace(logits)
     if logits.ndim < 1 or logits.shape[-1] < 1:
         raise ValueError(f"{name}: expected shape (..., V) with V >= 1, got {tuple(logits.shape)}")
-    if not xp.issubdtype(logits.dtype, xp.floating):
+    if logits.dtype.kind != "f":
         raise ValueError(f"{name}: expected a floating dtype, got {logits.dtype}")
     if bool(xp.any(xp.isnan(logits))):
         raise ValueError(f"{name}: contains NaN")
@@ -55,8 +55,9 @@ def sample(logits, u):
     u = xp.asarray(u, dtype=xp.float64)
     if u.shape != p.shape[:-1]:
         raise ValueError(f"u: expected shape {tuple(p.shape[:-1])}, got {tuple(u.shape)}")
-    if bool(xp.any((u < 0) | (u >= 1))):
-        raise ValueError("u: expected uniforms in [0, 1)")
+    outside = ~((u >= 0) & (u < 1))  # NaN is outside too
+    if bool(xp.any(outside)):
+        raise ValueError(f"u: expected uniforms in [0, 1), got {float(u[outside].ravel()[0])!r}")
     cdf = xp.cumsum(p, axis=-1)  # (..., V)
     V = p.shape[-1]
     last_nonzero = V - 1 - xp.argmax(xp.flip(p > 0, axis=-1), axis=-1)  # (...)
