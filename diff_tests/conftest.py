@@ -1,0 +1,174 @@
+"""Shared fixtures for the differential tests: one `backend` fixture over every
+backend of `fast.backend.ALL_BACKENDS`, and `Side`, which runs "the fast side" of a
+backend on the same float64 NumPy parameters the reference gets.
+
+    torch-*   fast.gpt / fast.sampling on torch tensors of the backend's device and dtype
+    cupy-f64  the reference itself on CuPy arrays (the spec, checked on the GPU)
+
+Every result comes back as a float64 (or int64) NumPy array, compared with
+`reference.checks.assert_close` against the float64 NumPy truth. A backend that
+cannot run here is skipped with the reason `fast.backend.available` gives.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fast import backend as fb
+from fast import gpt as fast_gpt
+from fast import sampling as fast_sampling
+from reference import gpt as ref_gpt
+from reference import sampling as ref_sampling
+from reference.checks import as_float64, assert_close
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one process per core: no oversubscription
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def random_gpt_params(config: ref_gpt.Config, seed: int) -> dict:
+    """GPT parameters far from the GPT-2 initialization, so nothing is trivially equal:
+    O(1) logits and attention scores, LayerNorm gains around 1 with spread, nonzero biases.
+
+    wte N(0, 1), wpe N(0, 0.5^2), weights (in, out) N(0, 1/in), biases N(0, 0.2^2),
+    LayerNorm gains 1 + N(0, 0.3^2) and biases N(0, 0.3^2).
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in ref_gpt.param_shapes(config).items():
+        if name == "wte":
+            params[name] = rng.normal(0.0, 1.0, shape)
+        elif name == "wpe":
+            params[name] = rng.normal(0.0, 0.5, shape)
+        elif name.endswith(".g"):
+            params[name] = 1.0 + rng.normal(0.0, 0.3, shape)
+        elif ".ln_" in name or name.startswith("ln_"):
+            params[name] = rng.normal(0.0, 0.3, shape)
+        elif name.endswith(".b"):
+            params[name] = rng.normal(0.0, 0.2, shape)
+        else:
+            params[name] = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
+    return params
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+@pytest.fixture(params=fb.ALL_BACKENDS, ids=lambda b: b.name)
+def backend(request):
+    """Each backend of fast.backend.ALL_BACKENDS; skipped (with the reason) where unavailable."""
+    ok, reason = fb.available(request.param)
+    if not ok:
+        pytest.skip(f"backend {request.param.name} unavailable: {reason}")
+    return request.param
+
+
+@pytest.fixture
+def side(backend):
+    return Side(backend)
+
+
+class Side:
+    """The fast side of one backend, fed float64 NumPy parameters and NumPy tokens,
+    returning NumPy arrays."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.name = backend.name
+        self.dtype = backend.dtype  # "float64" | "float32" | "bfloat16"
+        self.is_cupy = backend.kind == "cupy"
+        if self.is_cupy:
+            import cupy
+
+            self.cp = cupy
+
+    @property
+    def low_precision(self) -> bool:
+        return self.dtype != "float64"
+
+    # conversions
+    def params(self, params: dict) -> dict:
+        if self.is_cupy:
+            return {k: self.cp.asarray(v) for k, v in params.items()}
+        return fb.to_torch(params, self.backend.device, self.backend.torch_dtype)
+
+    def array(self, a, dtype=None):
+        """A NumPy array on this backend (ints stay int64, floats get the backend dtype)."""
+        a = np.asarray(a)
+        if self.is_cupy:
+            return self.cp.asarray(a)
+        if np.issubdtype(a.dtype, np.integer):
+            return torch.as_tensor(a, dtype=torch.int64, device=self.backend.device)
+        return torch.as_tensor(a, device=self.backend.device).to(dtype or self.backend.torch_dtype)
+
+    @staticmethod
+    def numpy(a) -> np.ndarray:
+        if type(a).__module__.split(".")[0] == "torch":
+            if a.is_floating_point():
+                return as_float64(a)
+            return a.detach().cpu().numpy()
+        if type(a).__module__.split(".")[0] == "cupy":
+            return a.get()
+        return np.asarray(a)
+
+    # the model
+    def forward(self, P, config, tokens, naive=False):
+        if self.is_cupy:
+            return self.numpy(ref_gpt.forward(P, config, self.array(tokens)))
+        return self.numpy(fast_gpt.forward(P, config, self.array(tokens), attn_impl="math" if naive else "sdpa"))
+
+    def log_prob(self, P, config, tokens, naive=False):
+        if self.is_cupy:
+            return self.numpy(ref_gpt.log_prob(P, config, self.array(tokens)))
+        return self.numpy(fast_gpt.log_prob(P, config, self.array(tokens), attn_impl="math" if naive else "sdpa"))
+
+    def naive_forward(self, P, config, tokens):
+        """The naive same-dtype baseline (None in float64, where the elementwise rule applies)."""
+        return self.forward(P, config, tokens, naive=True) if self.low_precision and not self.is_cupy else None
+
+    def naive_log_prob(self, P, config, tokens):
+        return self.log_prob(P, config, tokens, naive=True) if self.low_precision and not self.is_cupy else None
+
+    def cached_logits(self, P, config, tokens, chunks):
+        """Logits of `tokens` through the KV cache: prefill chunk by chunk (sizes `chunks`,
+        summing to at most T), then one `step` per remaining token. -> (B, T, V)."""
+        m = ref_gpt if self.is_cupy else fast_gpt
+        tokens = np.asarray(tokens)
+        B, T = tokens.shape
+        cache = m.init_cache(P, config, B)
+        out, pos = [], 0
+        for c in chunks:
+            logits, cache = m.prefill(P, config, cache, self.array(tokens[:, pos : pos + c]))
+            out.append(self.numpy(logits))
+            pos += c
+        for t in range(pos, T):
+            logits_t, cache = m.step(P, config, cache, self.array(tokens[:, t]))
+            out.append(self.numpy(logits_t)[:, None])
+        return np.concatenate(out, axis=1)
+
+    def generate(self, P, config, prompt, max_new_tokens, u=None, processors=()):
+        m = ref_gpt if self.is_cupy else fast_gpt
+        return self.numpy(m.generate(P, config, self.array(prompt), max_new_tokens, processors=processors, u=u))
+
+    def sample(self, P, config, rng, prompt, max_new_tokens):
+        m = ref_gpt if self.is_cupy else fast_gpt
+        return self.numpy(m.sample(P, config, rng, self.array(prompt), max_new_tokens))
+
+    # sampling
+    @property
+    def sampling(self):
+        return ref_sampling if self.is_cupy else fast_sampling
+
+
+def check(quantity: str, truth, got, side: Side, naive=None):
+    """assert_close under the tolerance of the side's dtype; prints the comparison
+    (visible with -s) so the worst errors reached can be read off a run."""
+    result = assert_close(quantity, truth, got, side.dtype, naive=naive)
+    print(f"[{side.name}] {result}")
+    return result

@@ -1,0 +1,148 @@
+"""Backends: where and in what precision a computation runs, and moving parameters there.
+
+A backend is a (library, device, dtype) triple with a name used everywhere a
+test, a report or the CLI speaks of one:
+
+    torch-cpu-f64    the fast path in float64 on the CPU (agrees with the reference to ~1e-12)
+    torch-cpu-f32    the fast path in float32 on the CPU
+    torch-cuda-f32   the fast path in float32 on a CUDA device
+    torch-cuda-bf16  the fast path in bfloat16 on a CUDA device
+    cupy-f64         the *reference* code itself run on CuPy arrays (the spec checked on a GPU)
+
+Parameters are flat dicts of arrays (see reference/gpt.py); `to_torch` and
+`from_torch` move them between NumPy/CuPy and torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy
+import torch
+
+from reference.xp import cupy_module, is_cupy
+
+_TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run a model: `kind` ("torch" | "cupy") on `device` ("cpu" | "cuda") in `dtype`."""
+
+    name: str
+    kind: str
+    device: str
+    dtype: str
+
+    def __post_init__(self):
+        if self.kind not in ("torch", "cupy"):
+            raise ValueError(f"Backend.kind: expected 'torch' or 'cupy', got {self.kind!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"Backend.device: expected 'cpu' or 'cuda', got {self.device!r}")
+        if self.dtype not in _TORCH_DTYPES:
+            raise ValueError(f"Backend.dtype: expected one of {sorted(_TORCH_DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of `dtype` (torch.float64, torch.float32 or torch.bfloat16)."""
+        return _TORCH_DTYPES[self.dtype]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+ALL_BACKENDS = (
+    Backend("torch-cpu-f64", "torch", "cpu", "float64"),
+    Backend("torch-cpu-f32", "torch", "cpu", "float32"),
+    Backend("torch-cuda-f32", "torch", "cuda", "float32"),
+    Backend("torch-cuda-bf16", "torch", "cuda", "bfloat16"),
+    Backend("cupy-f64", "cupy", "cuda", "float64"),
+)
+BACKENDS = {b.name: b for b in ALL_BACKENDS}
+
+
+def get(backend) -> Backend:
+    """A Backend from itself or its name; ValueError naming the known names otherwise."""
+    if isinstance(backend, Backend):
+        return backend
+    if backend in BACKENDS:
+        return BACKENDS[backend]
+    raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+
+
+def available(backend) -> tuple[bool, str]:
+    """(True, "") if `backend` can run on this machine, else (False, the reason)."""
+    b = get(backend)
+    if b.kind == "cupy":
+        if cupy_module() is None:
+            return False, "CuPy is not installed or sees no CUDA device"
+        return True, ""
+    if b.device == "cuda":
+        if not torch.cuda.is_available():
+            return False, "no CUDA device visible to torch"
+        if b.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return False, "the CUDA device does not support bfloat16"
+    return True, ""
+
+
+def devices() -> list[str]:
+    """The torch devices present: ["cpu"], plus "cuda" when torch sees a GPU."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _tensor(a, device, dtype) -> torch.Tensor:
+    """One array (NumPy, CuPy, torch, or anything numpy.asarray takes) as a torch tensor:
+    floating -> `dtype`, integer -> int64, bool stays bool; on `device`."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    elif is_cupy(a):
+        t = torch.from_dlpack(a)
+    else:
+        t = torch.from_numpy(numpy.array(a))  # a copy: the tensor never aliases the caller's array
+    if t.is_floating_point():
+        target = dtype
+    elif t.dtype == torch.bool:
+        target = torch.bool
+    elif t.is_complex():
+        raise ValueError(f"params: expected real arrays, got dtype {t.dtype}")
+    else:
+        target = torch.int64
+    return t.to(device=device, dtype=target).contiguous()
+
+
+def to_torch(params, device="cpu", dtype=torch.float64):
+    """Parameters as torch tensors on `device`: a dict name -> array (or one array).
+
+    Floating arrays are cast to `dtype` (a torch dtype or one of "float64",
+    "float32", "bfloat16"), integer arrays become int64. Inputs may be NumPy, CuPy or
+    torch. NumPy inputs are copied; a torch tensor already on `device` in `dtype`
+    is returned as it is (detached), without a copy.
+    """
+    if isinstance(dtype, str):
+        if dtype not in _TORCH_DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(_TORCH_DTYPES)} or a torch dtype, got {dtype!r}")
+        dtype = _TORCH_DTYPES[dtype]
+    if isinstance(params, dict):
+        return {name: _tensor(value, device, dtype) for name, value in params.items()}
+    return _tensor(params, device, dtype)
+
+
+def _array(t) -> numpy.ndarray:
+    if not isinstance(t, torch.Tensor):
+        return numpy.asarray(t)
+    t = t.detach().to("cpu")
+    if t.is_floating_point():
+        return t.to(torch.float64).numpy()
+    return t.numpy()
+
+
+def from_torch(tree):
+    """torch tensors back to NumPy: floating -> float64, others keep their dtype (int64 stays int64).
+
+    Takes a dict name -> tensor, a tuple/list of tensors, or a single tensor.
+    """
+    if isinstance(tree, dict):
+        return {name: _array(value) for name, value in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_array(value) for value in tree)
+    return _array(tree)

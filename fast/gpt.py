@@ -1,0 +1,522 @@
+"""GPT, fast: the twin of reference/gpt.py in torch, on CPU and CUDA, in float64, float32 and bfloat16.
+
+The model, the parameter names, the functions, their arguments and their errors
+are those of reference/gpt.py, whose docstrings carry the equations (GPT-2:
+Radford et al. 2019; attention: Vaswani et al. 2017). Read that file first;
+this one only says how the same numbers are computed fast:
+
+- Attention is torch's fused `scaled_dot_product_attention` (flash-style
+  kernels: the (T, T) score matrix is never materialized). `attn_impl="math"`
+  computes softmax(Q K^T / sqrt(hs) + mask) V explicitly in the same dtype: the
+  naive same-dtype baseline that low-precision results are judged against.
+- The KV cache (`KVCache`) is preallocated once: keys and values of shape
+  (n_layer, B, nh, max_len, hs). `prefill` and `step` write the new positions
+  in place and return the *same* cache object (the reference returns a new one).
+- `generate` runs under `torch.inference_mode()`; the prompt's prefill computes
+  the LM head for its last position only, each step feeds one token, and the
+  loop never waits for the device: the logits of every step are validated once,
+  after the loop (a NaN still raises ValueError, naming the step).
+- On the CPU in float32/bfloat16, linear layers run through oneDNN on weights
+  laid out (out, in): for one-token decoding (a matrix-vector product, bound by
+  memory bandwidth) and small batches this is markedly faster than BLAS on the
+  (in, out) layout the parameters are stored in. The (out, in) copies are made
+  once per weight tensor (and version) and live as long as that tensor. The
+  LM head uses wte (V, C), already (out, in), as it is.
+- Everything runs in the params' dtype; probabilities for sampling are
+  float64 (fast/sampling.py), and log_prob accumulates log-softmax in float32
+  (bfloat16/float32 params) or float64.
+
+`forward` and `log_prob` are differentiable with respect to the params (autograd);
+the cache functions and `generate` are inference-only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy
+import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+from fast import sampling
+from fast.backend import to_torch
+from reference import gpt as _reference
+from reference.gpt import Config, check_params, from_hf_gpt2, init, param_shapes, to_hf_gpt2
+from reference.xp import is_cupy, to_numpy
+
+__all__ = [
+    "Config", "param_shapes", "init", "check_params", "from_hf_gpt2", "to_hf_gpt2",
+    "KVCache", "forward", "log_prob", "init_cache", "prefill", "step",
+    "generate", "greedy", "sample", "check_tokens",
+]  # fmt: skip
+
+ATTN_IMPLS = ("sdpa", "math")
+_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _checked_params(params, config: Config) -> dict:
+    """params as a dict of torch tensors of one float dtype on one device; ValueError naming the key.
+
+    NumPy params (or any non-torch arrays) are converted with `to_torch` to float64,
+    on the CPU (on CUDA for CuPy arrays).
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict name -> array, got {type(params).__name__}")
+    if not all(isinstance(value, torch.Tensor) for value in params.values()):
+        on_gpu = any(is_cupy(value) for value in params.values())
+        params = to_torch(params, device="cuda" if on_gpu else "cpu", dtype=torch.float64)
+    check_params(params, config)
+    wte = params["wte"]
+    if wte.dtype not in _DTYPES:
+        raise ValueError(f"params['wte']: expected dtype float64, float32 or bfloat16, got {wte.dtype}")
+    for name, value in params.items():
+        if value.dtype != wte.dtype or value.device != wte.device:
+            raise ValueError(
+                f"params[{name!r}]: expected {wte.dtype} on {wte.device} (as params['wte']), "
+                f"got {value.dtype} on {value.device}"
+            )
+    return params
+
+
+def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | None = None, min_len: int = 1,
+                 device=None) -> torch.Tensor:  # fmt: skip
+    """reference.gpt.check_tokens for torch tensors too -> tokens as int64 on `device`.
+
+    ValueError unless `tokens` is a (B, T) integer array with ids in [0, V) and
+    min_len <= T <= max_len (default block_size); same messages as the reference.
+    """
+    if not isinstance(tokens, torch.Tensor):
+        _reference.check_tokens(tokens, config, name=name, max_len=max_len, min_len=min_len)
+        return torch.as_tensor(to_numpy(tokens), dtype=torch.int64, device=device)
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(f"{name}: expected an integer array, got {tokens.dtype}")
+    if tokens.ndim != 2:
+        raise ValueError(f"{name}: expected shape (B, T), got {tuple(tokens.shape)}")
+    max_len = config.block_size if max_len is None else max_len
+    T = tokens.shape[1]
+    if not min_len <= T <= max_len:
+        raise ValueError(f"{name}: expected length T in [{min_len}, {max_len}], got T={T}")
+    if tokens.numel():
+        low, high = (int(v) for v in torch.aminmax(tokens))  # one host sync
+        if low < 0 or high >= config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name}: token ids must lie in [0, {config.vocab_size}), got {bad}")
+    return tokens.to(device=device if device is not None else tokens.device, dtype=torch.int64)
+
+
+def _check_attn_impl(attn_impl):
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl: expected one of {ATTN_IMPLS}, got {attn_impl!r}")
+
+
+# ----------------------------------------------------------------------------- linear layers
+
+
+def _linear(x, w, b):
+    """y = x W + b with W stored (in, out) as in the params.  x: (N, in) -> (N, out)."""
+    return torch.addmm(b, x, w)
+
+
+def _linear_gelu(x, w, b):
+    """gelu_tanh(x W + b), W (in, out)."""
+    return F.gelu(torch.addmm(b, x, w), approximate="tanh")
+
+
+def _head(x, wte):
+    """LM-head logits x W_te^T.  x: (N, C), wte: (V, C) -> (N, V)."""
+    return F.linear(x, wte)
+
+
+_onednn_linear_op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def _onednn_linear(x, w_out_in, b):
+    """y = x W + b through oneDNN, W given as its (out, in) transpose.  x: (N, in) -> (N, out)."""
+    return _onednn_linear_op(x, w_out_in, b, "none", [], "")
+
+
+def _onednn_linear_gelu(x, w_out_in, b):
+    """gelu_tanh(x W + b) through oneDNN, the GELU fused into the matrix product."""
+    return _onednn_linear_op(x, w_out_in, b, "gelu", [], "tanh")
+
+
+def _onednn_head(x, wte):
+    return _onednn_linear_op(x, wte, None, "none", [], "")
+
+
+_onednn_works: dict[torch.dtype, bool] = {}
+
+
+def _onednn_usable(dtype: torch.dtype) -> bool:
+    """True when oneDNN's linear runs on this CPU in `dtype` and agrees with addmm (probed once)."""
+    if dtype not in _onednn_works:
+        ok = False
+        if _onednn_linear_op is not None and dtype in (torch.float32, torch.bfloat16):
+            try:
+                g = torch.Generator().manual_seed(0)
+                x, w, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((3, 5), (5, 7), (7,)))
+                want = torch.addmm(b, x, w)
+                with torch.no_grad():
+                    wt = w.t().contiguous().to(dtype)
+                    got = _onednn_linear(x.to(dtype), wt, b.to(dtype)).double()
+                    got_gelu = _onednn_linear_gelu(x.to(dtype), wt, b.to(dtype)).double()
+                    got_head = _onednn_head(x.to(dtype), wt).double()
+                tol = 1e-4 if dtype == torch.float32 else 0.1
+                ok = (
+                    torch.allclose(got, want, rtol=tol, atol=tol)
+                    and torch.allclose(got_gelu, F.gelu(want, approximate="tanh"), rtol=tol, atol=tol)
+                    and torch.allclose(got_head, want - b, rtol=tol, atol=tol)
+                )
+            except Exception:  # not built with oneDNN, or the CPU lacks the instructions
+                ok = False
+        _onednn_works[dtype] = ok
+    return _onednn_works[dtype]
+
+
+_out_in_copies = WeakIdKeyDictionary()  # weight tensor -> (its version, contiguous (out, in) copy)
+
+
+def _out_in(w: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of w^T, made once per tensor and per in-place modification of it."""
+    hit = _out_in_copies.get(w)
+    if hit is not None and hit[0] == w._version:
+        return hit[1]
+    with torch.no_grad():
+        copy = w.detach().t().contiguous()
+    _out_in_copies[w] = (w._version, copy)
+    return copy
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One block's parameters, linear weights in the layout `_Network.linear` expects."""
+
+    ln_1_g: torch.Tensor
+    ln_1_b: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
+    ln_2_g: torch.Tensor
+    ln_2_b: torch.Tensor
+    fc_w: torch.Tensor
+    fc_b: torch.Tensor
+    fc_proj_w: torch.Tensor
+    fc_proj_b: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Network:
+    """The params arranged for one call: per-layer tuples and the linear kernels to use."""
+
+    config: Config
+    wte: torch.Tensor
+    wpe: torch.Tensor
+    ln_f_g: torch.Tensor
+    ln_f_b: torch.Tensor
+    layers: tuple
+    linear: object
+    linear_gelu: object
+    head: object
+
+
+def _network(params: dict, config: Config, differentiable: bool) -> _Network:
+    """Arrange checked params for the kernels: oneDNN with (out, in) weights on the CPU in
+    float32/bfloat16 when no gradient is needed, addmm on the (in, out) weights otherwise."""
+    wte = params["wte"]
+    fast_cpu = wte.device.type == "cpu" and not differentiable and _onednn_usable(wte.dtype)
+    arrange = _out_in if fast_cpu else (lambda w: w)
+    layers = []
+    for i in range(config.n_layer):
+        p = f"blocks.{i}."
+        layers.append(
+            _Layer(
+                params[p + "ln_1.g"], params[p + "ln_1.b"],
+                arrange(params[p + "attn.qkv.w"]), params[p + "attn.qkv.b"],
+                arrange(params[p + "attn.proj.w"]), params[p + "attn.proj.b"],
+                params[p + "ln_2.g"], params[p + "ln_2.b"],
+                arrange(params[p + "mlp.fc.w"]), params[p + "mlp.fc.b"],
+                arrange(params[p + "mlp.proj.w"]), params[p + "mlp.proj.b"],
+            )
+        )  # fmt: skip
+    kernels = (_onednn_linear, _onednn_linear_gelu, _onednn_head) if fast_cpu else (_linear, _linear_gelu, _head)
+    return _Network(config, wte, params["wpe"], params["ln_f.g"], params["ln_f.b"], tuple(layers), *kernels)
+
+
+def _needs_grad(params: dict) -> bool:
+    return torch.is_grad_enabled() and any(value.requires_grad for value in params.values())
+
+
+def _causal_mask(t_query: int, t_key: int, device) -> torch.Tensor:
+    """(Tq, Tk) bool, True where allowed: query i sits at absolute position Tk - Tq + i (reference.nn.causal_mask)."""
+    q_pos = torch.arange(t_key - t_query, t_key, device=device)[:, None]  # (Tq, 1)
+    return torch.arange(t_key, device=device)[None, :] <= q_pos  # (Tq, Tk)
+
+
+def _attention(q, k, v, attn_impl: str):
+    """Causal attention of the last Tq positions over all Tk = P + Tq (reference.nn.attention).
+
+    q: (B, nh, Tq, hs), k, v: (B, nh, Tk, hs) -> (B, nh, Tq, hs).
+    """
+    Tq, Tk = q.shape[2], k.shape[2]
+    if attn_impl == "math":  # the naive same-dtype computation, spelled out
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, Tq, Tk)
+        scores = scores.masked_fill(~_causal_mask(Tq, Tk, q.device), -math.inf)
+        return torch.softmax(scores, dim=-1) @ v  # (B, nh, Tq, hs)
+    if Tq == 1:  # one new position sees every key: no mask at all
+        return F.scaled_dot_product_attention(q, k, v)
+    if Tq == Tk:  # an empty cache: the plain lower triangle
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # chunked prefill after a cache: the triangle offset by P = Tk - Tq (SDPA's
+    # is_causal aligns it top-left, so the mask is given explicitly)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(Tq, Tk, q.device))
+
+
+def _block(net: _Network, layer: _Layer, x, k_cache, v_cache, P: int, attn_impl: str):
+    """One pre-LN block (reference.gpt.block) on the T newest positions.
+
+    x: (B, T, C). k_cache, v_cache: None (no cache: attend within x), or the
+    layer's (B, nh, max_len, hs) cache, positions [P, P+T) written in place here.
+    """
+    B, T, C = x.shape
+    nh = net.config.n_head
+    eps = net.config.layer_norm_eps
+    h = F.layer_norm(x, (C,), layer.ln_1_g, layer.ln_1_b, eps).view(B * T, C)  # (B*T, C)
+    qkv = net.linear(h, layer.qkv_w, layer.qkv_b).view(B, T, 3, nh, C // nh)  # (B, T, 3, nh, hs)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+    if k_cache is not None:
+        k_cache.narrow(2, P, T).copy_(k)  # positions [P, P+T), in place
+        v_cache.narrow(2, P, T).copy_(v)
+        k, v = k_cache.narrow(2, 0, P + T), v_cache.narrow(2, 0, P + T)  # (B, nh, P+T, hs)
+    y = _attention(q, k, v, attn_impl).transpose(1, 2).reshape(B * T, C)  # (B*T, C)
+    x = x + net.linear(y, layer.proj_w, layer.proj_b).view(B, T, C)
+    h = F.layer_norm(x, (C,), layer.ln_2_g, layer.ln_2_b, eps).view(B * T, C)
+    h = net.linear_gelu(h, layer.fc_w, layer.fc_b)  # (B*T, 4C)
+    return x + net.linear(h, layer.fc_proj_w, layer.fc_proj_b).view(B, T, C)
+
+
+def _run(net: _Network, tokens, cache, attn_impl: str, last_only: bool = False):
+    """The network on tokens (B, T) placed after the cache's positions -> logits (B, T, V)
+    ((B, 1, V) with last_only). With a cache, writes its positions and advances its length."""
+    B, T = tokens.shape
+    P = 0 if cache is None else cache.length
+    x = F.embedding(tokens, net.wte) + net.wpe[P : P + T]  # (B, T, C)
+    per_layer = [(None, None)] * len(net.layers) if cache is None else cache.layers
+    for layer, (k_cache, v_cache) in zip(net.layers, per_layer):
+        x = _block(net, layer, x, k_cache, v_cache, P, attn_impl)
+    if cache is not None:
+        cache.length = P + T
+    if last_only:
+        x = x[:, -1:]  # (B, 1, C): the only logits generation needs
+    C = x.shape[-1]
+    x = F.layer_norm(x, (C,), net.ln_f_g, net.ln_f_b, net.config.layer_norm_eps)
+    return net.head(x.reshape(-1, C), net.wte).view(B, x.shape[1], -1)  # (B, T, V)
+
+
+def forward(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -> torch.Tensor:
+    """All next-token logits at once (reference.gpt.forward).
+
+    tokens: (B, T) int (torch or NumPy), 1 <= T <= block_size -> logits (B, T, V)
+    in the params' dtype. attn_impl: "sdpa" (fused) or "math" (explicit, same dtype).
+    Differentiable with respect to params that require grad.
+    """
+    params = _checked_params(params, config)
+    _check_attn_impl(attn_impl)
+    tokens = check_tokens(tokens, config, device=params["wte"].device)
+    differentiable = _needs_grad(params)
+    with torch.enable_grad() if differentiable else torch.no_grad():
+        return _run(_network(params, config, differentiable), tokens, None, attn_impl)
+
+
+def log_prob(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -> torch.Tensor:
+    """Exact chain-rule log-likelihood in nats, bos prepended (reference.gpt.log_prob):
+
+        log p(x_1..x_T) = sum_t ( logits_t[x_t] - logsumexp(logits_t) )
+
+    tokens: (B, T) -> (B,), float64 for float64 params, else float32 (the logits are
+    upcast to it before the log-softmax). Differentiable with respect to params.
+    """
+    params = _checked_params(params, config)
+    tokens = check_tokens(tokens, config, device=params["wte"].device)
+    bos = torch.full((tokens.shape[0], 1), config.bos_token, dtype=torch.int64, device=tokens.device)
+    logits = forward(params, config, torch.cat([bos, tokens[:, :-1]], dim=1), attn_impl=attn_impl)
+    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)  # (B, T, V)
+    picked = logits.gather(-1, tokens[:, :, None])[:, :, 0] - torch.logsumexp(logits, dim=-1)  # (B, T)
+    return picked.sum(dim=1)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated and written in place.
+
+    k, v: (n_layer, B, nh, max_len, hs) in the params' dtype, on their device.
+    length: the number of positions filled (0..max_len); `prefill` and `step`
+    write positions [length, length + T) and advance it.
+    """
+
+    __slots__ = ("_k", "_v", "_layers", "length")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int = 0):
+        self._k, self._v, self.length = k, v, length
+        self._layers = tuple(zip(k.unbind(0), v.unbind(0)))  # per layer: views (B, nh, max_len, hs)
+
+    @property
+    def k(self) -> torch.Tensor:
+        """Keys (n_layer, B, nh, max_len, hs); positions >= length are unused."""
+        return self._k
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Values (n_layer, B, nh, max_len, hs); positions >= length are unused."""
+        return self._v
+
+    @property
+    def layers(self) -> tuple:
+        """Per layer (keys, values), views of shape (B, nh, max_len, hs)."""
+        return self._layers
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def __repr__(self) -> str:
+        L, B, nh, max_len, hs = self.k.shape
+        return (
+            f"KVCache(n_layer={L}, batch={B}, n_head={nh}, max_len={max_len}, head_dim={hs}, "
+            f"length={self.length}, dtype={self.k.dtype}, device={self.k.device})"
+        )
+
+
+def _empty_cache(config: Config, batch: int, max_len: int, dtype, device) -> KVCache:
+    shape = (config.n_layer, batch, config.n_head, max_len, config.head_dim)
+    with torch.inference_mode():
+        return KVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+
+def init_cache(params: dict, config: Config, batch: int, max_len: int | None = None) -> KVCache:
+    """An empty KV cache for `batch` sequences of up to max_len (default block_size) positions."""
+    params = _checked_params(params, config)
+    if not isinstance(batch, (int, numpy.integer)) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch: expected a positive int, got {batch!r}")
+    max_len = config.block_size if max_len is None else max_len
+    if not isinstance(max_len, (int, numpy.integer)) or isinstance(max_len, bool) or not 1 <= max_len <= config.block_size:
+        raise ValueError(f"max_len: expected an int in [1, {config.block_size}], got {max_len!r}")
+    wte = params["wte"]
+    return _empty_cache(config, int(batch), int(max_len), wte.dtype, wte.device)
+
+
+def _check_cache(cache, config: Config, params: dict) -> None:
+    if not isinstance(cache, KVCache):
+        raise ValueError(f"cache: expected a KVCache (from init_cache), got {type(cache).__name__}")
+    want = (config.n_layer, cache.batch, config.n_head, cache.max_len, config.head_dim)
+    if tuple(cache.k.shape) != want or tuple(cache.v.shape) != want:
+        raise ValueError(f"cache: expected keys and values of shape {want}, got {tuple(cache.k.shape)}")
+    wte = params["wte"]
+    if cache.k.dtype != wte.dtype or cache.k.device != wte.device:
+        raise ValueError(
+            f"cache: expected {wte.dtype} on {wte.device} (as the params), got {cache.k.dtype} on {cache.k.device}"
+        )
+
+
+def prefill(params: dict, config: Config, cache: KVCache, tokens):
+    """Feed a chunk tokens (B, T) after the cached positions -> (logits (B, T, V), cache).
+
+    Writes the chunk's keys and values into `cache` in place and returns that same
+    object. Chunked prefill in any chunk sizes gives the logits of `forward`.
+    """
+    params = _checked_params(params, config)
+    _check_cache(cache, config, params)
+    room = min(config.block_size, cache.max_len) - cache.length
+    tokens = check_tokens(tokens, config, max_len=room, device=params["wte"].device)
+    if tokens.shape[0] != cache.batch:
+        raise ValueError(f"tokens: expected batch {cache.batch} (the cache's), got {tokens.shape[0]}")
+    with torch.inference_mode():
+        logits = _run(_network(params, config, differentiable=False), tokens, cache, "sdpa")
+    return logits, cache
+
+
+def step(params: dict, config: Config, cache: KVCache, tokens_t):
+    """One decoding step: tokens_t (B,) at position cache.length -> (logits_t (B, V), cache)."""
+    if getattr(tokens_t, "ndim", None) != 1:
+        raise ValueError(f"tokens_t: expected shape (B,), got {getattr(tokens_t, 'shape', type(tokens_t))}")
+    logits, cache = prefill(params, config, cache, tokens_t[:, None])
+    return logits[:, 0], cache
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, processors=(), u=None) -> torch.Tensor:
+    """Autoregressive generation through the KV cache (reference.gpt.generate).
+
+    prompt: (B, T0) int, T0 >= 1. At each step the last logits (float32 for
+    bfloat16/float32 params, float64 for float64) pass through `processors`
+    (callables (B, V) -> (B, V), applied in order), then the next token is
+      - u is None: the argmax (first index on ties)                 -> greedy;
+      - u (B, max_new_tokens) uniforms in [0, 1), NumPy or torch: the inverse-CDF
+        sample with u[:, n] (fast.sampling.sample), token for token the reference's.
+    Returns (B, T0 + max_new_tokens) int64 on the params' device.
+    T0 + max_new_tokens - 1 must not exceed block_size (the last token is never fed).
+    """
+    params = _checked_params(params, config)
+    if not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    N = int(max_new_tokens)
+    wte = params["wte"]
+    prompt = check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1), device=wte.device)
+    B, T0 = prompt.shape
+    if u is not None:
+        u = sampling.check_uniforms(u, (B, N), wte.device)
+    if N == 0:
+        return prompt.clone()
+    logits_dtype = torch.float64 if wte.dtype == torch.float64 else torch.float32
+    with torch.inference_mode():
+        net = _network(params, config, differentiable=False)
+        out = torch.empty((B, T0 + N), dtype=torch.int64, device=wte.device)  # (B, T0+N)
+        out[:, :T0] = prompt
+        row_max = torch.empty((N, B), dtype=torch.float64, device=wte.device)  # to validate the logits
+        cache = _empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device)
+        logits = _run(net, prompt, cache, "sdpa", last_only=True)[:, 0]  # (B, V)
+        for n in range(N):
+            logits = logits.to(logits_dtype)
+            for process in processors:
+                logits = process(logits)
+            if u is None:
+                m, token = torch.max(logits, dim=-1)  # (B,), (B,): the first index on ties
+            else:
+                token, m = sampling._inverse_cdf(logits, u[:, n])
+            row_max[n].copy_(m)
+            out.select(1, T0 + n).copy_(token)
+            if n + 1 < N:
+                logits = _run(net, token[:, None], cache, "sdpa")[:, 0]  # (B, V)
+        bad = ~torch.isfinite(row_max).all(dim=1)  # (N,)
+        if bool(bad.any()):  # the one host sync of the loop
+            n = int(bad.nonzero()[0, 0])
+            raise ValueError(f"logits: {sampling.row_problem(row_max[n])} (generation step {n}, after processors)")
+    return out
+
+
+def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding: generate with the argmax at every step (first index on ties)."""
+    return generate(params, config, prompt, max_new_tokens)
+
+
+def sample(params: dict, config: Config, rng: numpy.random.Generator, prompt, max_new_tokens: int, processors=()):
+    """Ancestral sampling: u = rng.random((B, max_new_tokens)) exactly as reference.gpt.sample,
+    then `generate` with those uniforms: the same seed gives the reference's tokens."""
+    u = rng.random((prompt.shape[0], max_new_tokens))
+    return generate(params, config, prompt, max_new_tokens, processors=processors, u=u)

@@ -1,0 +1,71 @@
+"""Hypothesis profiles and shared strategies for the property tests.
+
+Profiles (choose with `--hypothesis-profile=NAME`; `ci` is the default):
+    ci        derandomized (the same examples on every run), 25 examples per property
+    thorough  500 random examples per property, for a long local run
+
+Strategies: `gpt_configs()` (tiny GPT configs: vocab 2..7, 1..3 heads of size 1..3,
+1..2 layers, block size 1..9), `tokens_for(config)` (a (B, T) token array valid
+for it), `seeds`. Parameters for a config come from `random_gpt_params` (far from
+the GPT-2 init, so every property is tested on a model that uses its inputs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from diff_tests.conftest import random_gpt_params
+from reference import gpt as ref_gpt
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    # `--hypothesis-profile=NAME` wins over the default loaded above
+    profile = config.getoption("hypothesis_profile", None)
+    if profile:
+        settings.load_profile(profile)
+
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+@st.composite
+def gpt_configs(draw, vocab_size=None, min_block_size=1):
+    """A tiny GPT config: vocab 2..7, n_head 1..3, head_dim 1..3, n_layer 1..2, block 1..9."""
+    n_head = draw(st.integers(1, 3))
+    head_dim = draw(st.integers(1, 3))
+    vocab = vocab_size if vocab_size is not None else draw(st.integers(2, 7))
+    return ref_gpt.Config(
+        vocab_size=vocab,
+        block_size=draw(st.integers(min_block_size, 9)),
+        n_layer=draw(st.integers(1, 2)),
+        n_head=n_head,
+        n_embd=n_head * head_dim,
+        bos_token=draw(st.integers(0, vocab - 1)),
+    )
+
+
+@st.composite
+def tokens_for(draw, config, min_len=1, max_batch=3):
+    """A (B, T) int64 token array for `config`, 1 <= B <= max_batch, min_len <= T <= block_size."""
+    B = draw(st.integers(1, max_batch))
+    T = draw(st.integers(min(min_len, config.block_size), config.block_size))
+    seed = draw(seeds)
+    return np.random.default_rng(seed).integers(0, config.vocab_size, size=(B, T))
+
+
+@st.composite
+def gpt_models(draw, vocab_size=None, min_block_size=1):
+    """(config, float64 params) for a tiny GPT with generic random weights."""
+    config = draw(gpt_configs(vocab_size=vocab_size, min_block_size=min_block_size))
+    return config, random_gpt_params(config, draw(seeds))
