@@ -1,0 +1,92 @@
+"""The `chainrule` command.
+
+    chainrule verify [--module NAME] [--backend NAME] [--json PATH]
+        the conformance table: reference vs fast on every available backend;
+        exit status 1 if any check fails.
+    chainrule bench [TOPIC] [--repeats N] [--warmup N] [--out PATH] [--quick] [--list]
+        timings of fast vs reference vs peers, side by side in one run; JSON out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chainrule", description="The correctness oracle for autoregressive models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="conformance table: reference vs fast on every available backend")
+    v.add_argument("--module", action="append", help="only this module (repeatable); default: all")
+    v.add_argument("--backend", action="append", help="only this backend (repeatable); default: all")
+    v.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    v.add_argument("--list", action="store_true", help="list modules and backends, then exit")
+    b = sub.add_parser("bench", help="timings: fast vs reference vs peers, in one run")
+    b.add_argument("topic", nargs="?", help="topic to run; default: all topics")
+    b.add_argument("--repeats", type=int, help="timed calls per contender (default: the topic's, 3-5; 2 with --quick)")
+    b.add_argument("--warmup", type=int, help="untimed calls first (default 1)")
+    b.add_argument("--out", metavar="PATH", help="JSON output (default bench-results/TOPIC.json)")
+    b.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    b.add_argument("--list", action="store_true", help="list topics, then exit")
+    return p
+
+
+def _error(command: str, message: str) -> int:
+    print(f"chainrule {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _verify(args) -> int:
+    from chainrule import verify
+    from fast import backend as fb
+
+    if args.list:
+        print("modules:  " + " ".join(verify.CHECKS))
+        for b in fb.ALL_BACKENDS:
+            ok, reason = fb.available(b)
+            print(f"backend   {b.name:<16} {'available' if ok else 'unavailable: ' + reason}")
+        return 0
+    names = [b.name for b in fb.ALL_BACKENDS]
+    for m in args.module or ():
+        if m not in verify.CHECKS:
+            return _error("verify", f"unknown module {m!r}; known modules: {', '.join(verify.CHECKS)}")
+    for n in args.backend or ():
+        if n not in names:
+            return _error("verify", f"unknown backend {n!r}; known backends: {', '.join(names)}")
+    for n in args.backend or ():  # asked for by name: being unable to check it is an error
+        ok, reason = fb.available(next(b for b in fb.ALL_BACKENDS if b.name == n))
+        if not ok:
+            return _error("verify", f"backend {n!r} is not available here: {reason}")
+    return verify.main(args.module, args.backend, args.json)
+
+
+def _bench(args) -> int:
+    from chainrule import bench
+
+    bench.load_topics()
+    if args.list:
+        for name, (_, help, _) in bench.TOPICS.items():
+            print(f"{name:<14} {help}")
+        return 0
+    if args.topic is not None and args.topic not in bench.TOPICS:
+        return _error("bench", f"unknown topic {args.topic!r}; known topics: {', '.join(bench.TOPICS)}")
+    if args.repeats is not None and args.repeats < 1:
+        return _error("bench", f"--repeats: expected >= 1, got {args.repeats}")
+    if args.warmup is not None and args.warmup < 0:
+        return _error("bench", f"--warmup: expected >= 0, got {args.warmup}")
+    topics = [args.topic] if args.topic else list(bench.TOPICS)
+    if args.out and len(topics) > 1:
+        return _error("bench", "--out names one JSON file: give a TOPIC too")
+    for name in topics:
+        bench.run_topic(name, repeats=args.repeats, warmup=args.warmup, quick=args.quick, out=args.out)
+        print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return {"verify": _verify, "bench": _bench}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
