@@ -130,10 +130,22 @@ class Side:
 
     def naive_forward(self, P, config, tokens):
         """The naive same-dtype baseline (None in float64, where the elementwise rule applies)."""
-        return self.forward(P, config, tokens, naive=True) if self.low_precision and not self.is_cupy else None
+        return self._naive(ref_gpt.forward, P, config, tokens, self.forward)
 
     def naive_log_prob(self, P, config, tokens):
-        return self.log_prob(P, config, tokens, naive=True) if self.low_precision and not self.is_cupy else None
+        return self._naive(ref_gpt.log_prob, P, config, tokens, self.log_prob)
+
+    def _naive(self, reference_fn, P, config, tokens, fast_fn):
+        """float32: the spec itself run in float32 NumPy -- a computation independent of the fast
+        path, so a float32 bug anywhere in fast/ (not only in attention) raises the fast error
+        alone. bfloat16 (which NumPy lacks): the fast path's unfused `attn_impl="math"`."""
+        if not self.low_precision or self.is_cupy:
+            return None
+        if self.dtype == "float32":
+            out = reference_fn({k: np.asarray(v, dtype=np.float32) for k, v in P.items()}, config, np.asarray(tokens))
+            assert out.dtype == np.float32, f"naive baseline computed in {out.dtype}, not float32"
+            return out.astype(np.float64)
+        return fast_fn(P, config, tokens, naive=True)
 
     def cached_logits(self, P, config, tokens, chunks):
         """Logits of `tokens` through the KV cache: prefill chunk by chunk (sizes `chunks`,

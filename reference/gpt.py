@@ -209,9 +209,9 @@ def log_prob(params: dict, config: Config, tokens):
 
 
 def init_cache(params: dict, config: Config, batch: int) -> dict:
-    """An empty KV cache: per layer keys and values of shape (B, nh, 0, hs), length 0."""
+    """An empty KV cache: per layer keys and values of shape (B, nh, 0, hs) in the params' dtype, length 0."""
     xp = namespace(params["wte"])
-    empty = xp.zeros((batch, config.n_head, 0, config.head_dim))
+    empty = xp.zeros((batch, config.n_head, 0, config.head_dim), dtype=params["wte"].dtype)
     return {"k": (empty,) * config.n_layer, "v": (empty,) * config.n_layer, "length": 0}
 
 
