@@ -14,10 +14,10 @@ A module registers one function that takes a `Backend` and yields results::
         yield compare("logits", truth, got, backend.dtype, naive=naive)
         ...
 
-A result is a `reference.checks.Comparison` or a `Result` (for quantities that
-are not elementwise differences: token agreement, exact causality). A check
-that raises is reported as a failed row carrying the exception; an unavailable
-backend as one "skipped (reason)" row.
+A result is a `reference.checks.Comparison`, a `reference.checks.TokenComparison`
+(generated tokens) or a `Result` (other quantities that are not elementwise
+differences: exact causality). A check that raises is reported as a failed row
+carrying the exception; an unavailable backend as one "skipped (reason)" row.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ CHECKS: dict[str, Callable] = {}
 
 
 def register(module: str):
-    """Decorator: register `fn(backend) -> iterable of Comparison | Result` under a module name."""
+    """Decorator: register `fn(backend) -> iterable of Comparison | TokenComparison | Result` under a module name."""
 
     def decorate(fn):
         if module in CHECKS:
@@ -214,96 +214,37 @@ def main(modules=None, backends=None, json_path=None, out=print) -> int:
 GPT_CONFIG_ARGS = dict(vocab_size=59, block_size=23, n_layer=2, n_head=3, n_embd=33)
 GPT_ENUM_CONFIG_ARGS = dict(vocab_size=3, block_size=3, n_layer=2, n_head=3, n_embd=9)  # 3^3 sequences
 GPT_BATCH, GPT_T, GPT_PROMPT, GPT_NEW = 3, 13, 5, 11
+GPT_CHUNKS = (2, 3)  # KV-cache row: prefill 2 tokens, then 3 more after that cache (the offset mask), then steps
 GPT_SEED = 1234
 GPT_GRAD_COORDS = (  # a few parameter coordinates spread over the network (+ a used wte row, in the case)
     ("wpe", (2, 30)), ("blocks.0.attn.qkv.w", (4, 40)),
     ("blocks.1.attn.proj.b", (5,)), ("blocks.1.mlp.fc.w", (11, 100)), ("ln_f.g", (17,)),
 )  # fmt: skip
-FD_STEP = 1e-3  # Richardson-extrapolated central differences: error O(h^4) + O(eps |f| / h)
-
-
-def _margins_greedy(logits):
-    """top-1 minus top-2 logit, (B, N): how far each greedy choice is from a tie."""
-    top = numpy.sort(logits, axis=-1)
-    return top[..., -1] - top[..., -2]
-
-
-def _margins_sample(logits, u):
-    """min_i |cdf_i - u|, (B, N): how far each inverse-CDF draw is from switching token."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    p = numpy.exp(z) / numpy.exp(z).sum(axis=-1, keepdims=True)
-    cdf = numpy.cumsum(p, axis=-1)
-    return numpy.abs(cdf - u[..., None]).min(axis=-1)
-
-
-def _richardson_grad(f, params, name, index, h=FD_STEP):
-    """d f / d params[name][index] by central differences with one Richardson step:
-    D(h) = (f(x+h) - f(x-h)) / 2h,  g = (4 D(h/2) - D(h)) / 3."""
-
-    def D(step):
-        values = []
-        for sign in (1.0, -1.0):
-            p = dict(params)
-            p[name] = params[name].copy()
-            p[name][index] += sign * step
-            values.append(f(p))
-        return (values[0] - values[1]) / (2 * step)
-
-    return (4 * D(h / 2) - D(h)) / 3
-
-
-def _random_gpt_params(config, rng) -> dict:
-    """Parameters far from the GPT-2 init, so nothing agrees by accident: O(1) logits and
-    attention scores. wte N(0, 1), wpe N(0, 0.5^2), weights (in, out) N(0, 1/in), biases
-    N(0, 0.2^2), LayerNorm gains 1 + N(0, 0.3^2), LayerNorm biases N(0, 0.3^2)."""
-    from reference import gpt
-
-    params = {}
-    for name, shape in gpt.param_shapes(config).items():
-        if name == "wte":
-            params[name] = rng.normal(0.0, 1.0, shape)
-        elif name == "wpe":
-            params[name] = rng.normal(0.0, 0.5, shape)
-        elif name.endswith(".g"):
-            params[name] = 1.0 + rng.normal(0.0, 0.3, shape)
-        elif "ln_" in name:
-            params[name] = rng.normal(0.0, 0.3, shape)
-        elif name.endswith(".b"):
-            params[name] = rng.normal(0.0, 0.2, shape)
-        else:
-            params[name] = rng.normal(0.0, 1.0 / numpy.sqrt(shape[0]), shape)
-    return params
 
 
 @functools.cache
 def _gpt_case() -> dict:
     """The fixed GPT case and its float64 reference truth (computed once per process)."""
-    from reference import gpt
+    from reference import checks, gpt
 
     config = gpt.Config(**GPT_CONFIG_ARGS)
     rng = numpy.random.default_rng(GPT_SEED)
-    params = _random_gpt_params(config, rng)
+    params = gpt.random_params(config, rng)
     tokens = rng.integers(0, config.vocab_size, (GPT_BATCH, GPT_T))
     prompt = tokens[:, :GPT_PROMPT]
     case = {"config": config, "params": params, "tokens": tokens, "prompt": prompt}
     case["logits"] = gpt.forward(params, config, tokens)
     case["log_prob"] = gpt.log_prob(params, config, tokens)
-    greedy = gpt.greedy(params, config, prompt, GPT_NEW)
-    seq_logits = gpt.forward(params, config, greedy[:, :-1])[:, GPT_PROMPT - 1 :]  # (B, N, V) step logits
-    case["greedy"], case["greedy_logits"], case["greedy_margin"] = greedy, seq_logits, _margins_greedy(seq_logits)
-    u = numpy.random.default_rng(GPT_SEED + 1).random((GPT_BATCH, GPT_NEW))
-    sampled = gpt.sample(params, config, numpy.random.default_rng(GPT_SEED + 1), prompt, GPT_NEW)
-    seq_logits = gpt.forward(params, config, sampled[:, :-1])[:, GPT_PROMPT - 1 :]
-    case["sampled"], case["sampled_logits"], case["sample_margin"] = sampled, seq_logits, _margins_sample(seq_logits, u)
 
     def mean_nll(p):
         return -float(numpy.mean(gpt.log_prob(p, config, tokens))) / GPT_T
 
     case["grad_coords"] = (("wte", (int(tokens[0, 2]), 3)),) + GPT_GRAD_COORDS
-    case["grad_fd"] = numpy.array([_richardson_grad(mean_nll, params, n, i) for n, i in case["grad_coords"]])
+    fd = [checks.finite_difference_grad(mean_nll, params, n, i) for n, i in case["grad_coords"]]
+    case["grad_fd"], case["grad_fd_err"] = numpy.array([d.value for d in fd]), max(d.error for d in fd)
     enum_config = gpt.Config(**GPT_ENUM_CONFIG_ARGS)
     case["enum_config"] = enum_config
-    case["enum_params"] = _random_gpt_params(enum_config, numpy.random.default_rng(GPT_SEED + 2))
+    case["enum_params"] = gpt.random_params(enum_config, numpy.random.default_rng(GPT_SEED + 2))
     return case
 
 
@@ -319,8 +260,8 @@ class _TorchGPT:
         self.torch, self.fb, self.gpt, self.config, self.device = torch, fb, fgpt, config, backend.device
         self.params = fb.to_torch(params, device=backend.device, dtype=backend.torch_dtype)
         self.reference = importlib.import_module("reference.gpt")
-        as32 = backend.dtype == "float32"
-        self.float32_params = {k: numpy.asarray(v, dtype=numpy.float32) for k, v in params.items()} if as32 else None
+        self.checks = importlib.import_module("reference.checks")
+        self.naive_in_numpy = backend.dtype == "float32"
 
     def _tokens(self, tokens):
         return self.torch.as_tensor(numpy.asarray(tokens), dtype=self.torch.int64, device=self.device)
@@ -329,33 +270,23 @@ class _TorchGPT:
         return self.fb.from_torch(t.detach())
 
     def forward(self, tokens, naive=False):
-        if naive and self.float32_params is not None:
+        if naive and self.naive_in_numpy:
             return self._naive(self.reference.forward, tokens)
         return self._np(self.gpt.forward(self.params, self.config, self._tokens(tokens), attn_impl="math" if naive else "sdpa"))
 
     def log_prob(self, tokens, naive=False):
-        if naive and self.float32_params is not None:
+        if naive and self.naive_in_numpy:
             return self._naive(self.reference.log_prob, tokens)
         return self._np(self.gpt.log_prob(self.params, self.config, self._tokens(tokens), attn_impl="math" if naive else "sdpa"))
 
     def _naive(self, reference_fn, tokens):
         """The naive float32 baseline: the spec itself run in float32 NumPy, independent of the
         fast path (bfloat16, which NumPy lacks, falls back to the unfused attn_impl="math")."""
-        out = reference_fn(self.float32_params, self.config, numpy.asarray(tokens))
-        if out.dtype != numpy.float32:
-            raise AssertionError(f"naive float32 baseline computed in {out.dtype}")
-        return out.astype(numpy.float64)
+        return self.checks.naive_float32(reference_fn, self.params, self.config, numpy.asarray(tokens))
 
-    def cached(self, tokens, n_prompt):
-        """prefill(tokens[:, :n_prompt]) then one step per remaining token -> logits (B, T, V)."""
-        tokens = self._tokens(tokens)
-        cache = self.gpt.init_cache(self.params, self.config, tokens.shape[0])
-        logits, cache = self.gpt.prefill(self.params, self.config, cache, tokens[:, :n_prompt])
-        out = [logits]
-        for t in range(n_prompt, tokens.shape[1]):
-            logits_t, cache = self.gpt.step(self.params, self.config, cache, tokens[:, t])
-            out.append(logits_t[:, None])
-        return self._np(self.torch.cat(out, dim=1))
+    def cached(self, tokens, chunks):
+        """prefill chunk by chunk (sizes `chunks`), then one step per remaining token -> logits (B, T, V)."""
+        return self.checks.logits_through_cache(self.gpt, self.params, self.config, self._tokens(tokens), chunks)
 
     def greedy(self, prompt, n):
         return self.fb.from_torch(self.gpt.greedy(self.params, self.config, self._tokens(prompt), n)).astype(numpy.int64)
@@ -376,9 +307,9 @@ class _CupyGPT:
     def __init__(self, backend, params, config):
         import cupy
 
-        from reference import gpt
+        from reference import checks, gpt
 
-        self.cp, self.gpt, self.config = cupy, gpt, config
+        self.cp, self.gpt, self.checks, self.config = cupy, gpt, checks, config
         self.params = {k: cupy.asarray(v) for k, v in params.items()}
 
     def forward(self, tokens, naive=False):
@@ -387,15 +318,8 @@ class _CupyGPT:
     def log_prob(self, tokens, naive=False):
         return self.cp.asnumpy(self.gpt.log_prob(self.params, self.config, self.cp.asarray(tokens)))
 
-    def cached(self, tokens, n_prompt):
-        tokens = self.cp.asarray(tokens)
-        cache = self.gpt.init_cache(self.params, self.config, tokens.shape[0])
-        logits, cache = self.gpt.prefill(self.params, self.config, cache, tokens[:, :n_prompt])
-        out = [logits]
-        for t in range(n_prompt, tokens.shape[1]):
-            logits_t, cache = self.gpt.step(self.params, self.config, cache, tokens[:, t])
-            out.append(logits_t[:, None])
-        return self.cp.asnumpy(self.cp.concatenate(out, axis=1))
+    def cached(self, tokens, chunks):
+        return self.checks.logits_through_cache(self.gpt, self.params, self.config, self.cp.asarray(tokens), chunks)
 
     def greedy(self, prompt, n):
         return self.cp.asnumpy(self.gpt.greedy(self.params, self.config, self.cp.asarray(prompt), n))
@@ -408,42 +332,6 @@ class _CupyGPT:
 
 def _impl(backend, params, config):
     return (_CupyGPT if backend.kind == "cupy" else _TorchGPT)(backend, params, config)
-
-
-LOW_PRECISION_EPS = {"float32": 2.0**-23, "bfloat16": 2.0**-7}
-MIN_COMPARED = {"float64": 1.0, "float32": 0.5, "bfloat16": 0.1}  # fraction of tokens that must be decisive
-
-
-def token_agreement(quantity, truth, got, margin, threshold, n_prompt, dtype) -> Result:
-    """Token agreement wherever the float64 truth is decisive (the rule of diff_tests/test_gpt.py).
-
-    Row b is walked step by step: equal tokens count as compared; a different
-    token is a failure if the float64 margin of that step is >= `threshold`,
-    and a legitimate rounding tie (ending the row: later steps see another
-    context) if it is below. At least MIN_COMPARED[dtype] of the tokens must
-    have been compared, or the row proves nothing and fails. max_err = number
-    of disagreements at decisive steps (must be 0).
-    """
-    T0 = n_prompt
-    if got.shape != truth.shape or not numpy.array_equal(got[:, :T0], truth[:, :T0]):
-        return Result(quantity, math.inf, 0, False, f"shape/prompt mismatch: got {got.shape}, want {truth.shape}")
-    compared = mismatches = 0
-    first = ""
-    for b in range(truth.shape[0]):
-        for n in range(truth.shape[1] - T0):
-            if got[b, T0 + n] == truth[b, T0 + n]:
-                compared += 1
-            elif margin[b, n] < threshold:
-                break
-            else:
-                mismatches += 1
-                first = first or (f"; row {b} step {n}: reference {truth[b, T0 + n]}, fast {got[b, T0 + n]}, "
-                                  f"margin {margin[b, n]:.2e}")  # fmt: skip
-                break
-    total = truth.shape[0] * (truth.shape[1] - T0)
-    needed = math.ceil(MIN_COMPARED[dtype] * total)
-    note = f"{compared}/{total} tokens equal (threshold {threshold:.1e}, need {needed})" + first
-    return Result(quantity, mismatches, 0, mismatches == 0 and compared >= needed, note)
 
 
 def causality_result(forward, tokens, vocab_size) -> Result:
@@ -466,6 +354,7 @@ def causality_result(forward, tokens, vocab_size) -> Result:
 def gpt_checks(backend):
     """GPT (reference.gpt vs fast.gpt) on one backend."""
     from reference import checks
+    from reference import gpt as reference_gpt
 
     case = _gpt_case()
     config, tokens, dtype = case["config"], case["tokens"], backend.dtype
@@ -479,32 +368,34 @@ def gpt_checks(backend):
     yield checks.compare("logits", case["logits"], impl.forward(tokens), dtype, naive=naive_logits)
     yield checks.compare("log_prob", case["log_prob"], impl.log_prob(tokens), dtype,
                          naive=naive(impl.log_prob, tokens))  # fmt: skip
-    kv = checks.compare("logits, KV cache (prefill + steps)", case["logits"], impl.cached(tokens, GPT_PROMPT),
-                        dtype, naive=naive(impl.forward, tokens))  # fmt: skip
-    yield kv
-    # Token rows: the margin rule of the differential tests. err = max |fast - reference| of the
-    # step logits along the reference's own sequence. A greedy choice flips only if the logits
-    # move by half its margin (threshold 4 err, a factor 2 to spare); an inverse-CDF draw only if
-    # the CDF moves past u, and a logit error e moves the CDF by at most 2e, plus V roundings in
-    # the cumulative sum. float64 must agree on every token.
-    def step_error(seq, truth_logits):
-        got = impl.cached(seq[:, :-1], GPT_PROMPT)[:, GPT_PROMPT - 1 :]
-        return float(numpy.abs(got - truth_logits).max())
+    chunks = " + ".join(map(str, GPT_CHUNKS))
+    yield checks.compare(f"logits, KV cache (prefill {chunks} + steps)", case["logits"], impl.cached(tokens, GPT_CHUNKS),
+                         dtype, naive=naive_logits)  # fmt: skip
+    # Token rows (reference.checks.compare_tokens): each generated token against the reference's
+    # choice given the backend's own prefix; float64 must agree on every token, low precision
+    # wherever the reference margin is clear of the backend's step-logit error along its sequence.
+    prompt, params = case["prompt"], case["params"]
 
-    greedy_thr = 4 * step_error(case["greedy"], case["greedy_logits"]) if low else 0.0
-    yield token_agreement("greedy tokens", case["greedy"], impl.greedy(case["prompt"], GPT_NEW),
-                          case["greedy_margin"], greedy_thr, GPT_PROMPT, dtype)  # fmt: skip
-    sample_thr = 0.0
-    if low:
-        sample_thr = 4 * step_error(case["sampled"], case["sampled_logits"]) + 2 * config.vocab_size * LOW_PRECISION_EPS[dtype]
-    rng = numpy.random.default_rng(GPT_SEED + 1)
-    yield token_agreement("sampled tokens (rng, shared uniforms)", case["sampled"],
-                          impl.sample(rng, case["prompt"], GPT_NEW), case["sample_margin"], sample_thr,
-                          GPT_PROMPT, dtype)  # fmt: skip
+    def reference(x):
+        return reference_gpt.forward(params, config, x)
+
+    def fast(x):  # the backend's step logits as generation computes them: prompt prefill, then steps
+        return impl.cached(x, [GPT_PROMPT])
+
+    yield checks.compare_tokens("greedy tokens", prompt, impl.greedy(prompt, GPT_NEW), reference, dtype,
+                                fast=fast, max_new_tokens=GPT_NEW)  # fmt: skip
+    u = numpy.random.default_rng(GPT_SEED + 1).random((GPT_BATCH, GPT_NEW))  # what sample(rng) draws
+    yield checks.compare_tokens("sampled tokens (rng, shared uniforms)", prompt,
+                                impl.sample(numpy.random.default_rng(GPT_SEED + 1), prompt, GPT_NEW), reference,
+                                dtype, u=u, fast=fast, max_new_tokens=GPT_NEW)  # fmt: skip
     if not low and impl.mean_nll_grad is not None:
         got = impl.mean_nll_grad(tokens, case["grad_coords"])
-        yield checks.compare(f"grad mean NLL vs finite diff ({len(got)} coords)", case["grad_fd"], got,
-                             dtype)  # fmt: skip
+        quantity = f"grad mean NLL vs finite diff ({len(got)} coords)"
+        if case["grad_fd_err"] > checks.FD_ACCURACY:  # the truth itself is not good enough to judge
+            yield Result(quantity, math.inf, checks.FD_ACCURACY, False,
+                         f"finite-difference truth self-consistency {case['grad_fd_err']:.2e} > {checks.FD_ACCURACY:g}")  # fmt: skip
+        else:
+            yield checks.compare(quantity, case["grad_fd"], got, dtype)
     yield causality_result(impl.forward, tokens[:1], config.vocab_size)
     enum = _impl(backend, case["enum_params"], case["enum_config"])
     V, T = case["enum_config"].vocab_size, case["enum_config"].block_size

@@ -23,38 +23,10 @@ from fast import gpt as fast_gpt
 from fast import sampling as fast_sampling
 from reference import gpt as ref_gpt
 from reference import sampling as ref_sampling
-from reference.checks import as_float64, assert_close
+from reference.checks import as_float64, assert_close, logits_through_cache, naive_float32
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one process per core: no oversubscription
-
-
-# ----------------------------------------------------------------------------- parameters
-
-
-def random_gpt_params(config: ref_gpt.Config, seed: int) -> dict:
-    """GPT parameters far from the GPT-2 initialization, so nothing is trivially equal:
-    O(1) logits and attention scores, LayerNorm gains around 1 with spread, nonzero biases.
-
-    wte N(0, 1), wpe N(0, 0.5^2), weights (in, out) N(0, 1/in), biases N(0, 0.2^2),
-    LayerNorm gains 1 + N(0, 0.3^2) and biases N(0, 0.3^2).
-    """
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in ref_gpt.param_shapes(config).items():
-        if name == "wte":
-            params[name] = rng.normal(0.0, 1.0, shape)
-        elif name == "wpe":
-            params[name] = rng.normal(0.0, 0.5, shape)
-        elif name.endswith(".g"):
-            params[name] = 1.0 + rng.normal(0.0, 0.3, shape)
-        elif ".ln_" in name or name.startswith("ln_"):
-            params[name] = rng.normal(0.0, 0.3, shape)
-        elif name.endswith(".b"):
-            params[name] = rng.normal(0.0, 0.2, shape)
-        else:
-            params[name] = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
-    return params
 
 
 # ----------------------------------------------------------------------------- backends
@@ -142,27 +114,13 @@ class Side:
         if not self.low_precision or self.is_cupy:
             return None
         if self.dtype == "float32":
-            out = reference_fn({k: np.asarray(v, dtype=np.float32) for k, v in P.items()}, config, np.asarray(tokens))
-            assert out.dtype == np.float32, f"naive baseline computed in {out.dtype}, not float32"
-            return out.astype(np.float64)
+            return naive_float32(reference_fn, P, config, np.asarray(tokens))
         return fast_fn(P, config, tokens, naive=True)
 
     def cached_logits(self, P, config, tokens, chunks):
         """Logits of `tokens` through the KV cache: prefill chunk by chunk (sizes `chunks`,
         summing to at most T), then one `step` per remaining token. -> (B, T, V)."""
-        m = ref_gpt if self.is_cupy else fast_gpt
-        tokens = np.asarray(tokens)
-        B, T = tokens.shape
-        cache = m.init_cache(P, config, B)
-        out, pos = [], 0
-        for c in chunks:
-            logits, cache = m.prefill(P, config, cache, self.array(tokens[:, pos : pos + c]))
-            out.append(self.numpy(logits))
-            pos += c
-        for t in range(pos, T):
-            logits_t, cache = m.step(P, config, cache, self.array(tokens[:, t]))
-            out.append(self.numpy(logits_t)[:, None])
-        return np.concatenate(out, axis=1)
+        return logits_through_cache(ref_gpt if self.is_cupy else fast_gpt, P, config, self.array(tokens), chunks)
 
     def generate(self, P, config, prompt, max_new_tokens, u=None, processors=()):
         m = ref_gpt if self.is_cupy else fast_gpt

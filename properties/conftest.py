@@ -6,8 +6,8 @@ Profiles (choose with `--hypothesis-profile=NAME`; `ci` is the default):
 
 Strategies: `gpt_configs()` (tiny GPT configs: vocab 2..7, 1..3 heads of size 1..3,
 1..2 layers, block size 1..9), `tokens_for(config)` (a (B, T) token array valid
-for it), `seeds`. Parameters for a config come from `random_gpt_params` (far from
-the GPT-2 init, so every property is tested on a model that uses its inputs).
+for it), `seeds`. Parameters for a config come from `reference.gpt.random_params`
+(far from the GPT-2 init, so every property is tested on a model that uses its inputs).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from diff_tests.conftest import random_gpt_params
 from reference import gpt as ref_gpt
 
 settings.register_profile(
@@ -68,4 +67,4 @@ def tokens_for(draw, config, min_len=1, max_batch=3):
 def gpt_models(draw, vocab_size=None, min_block_size=1):
     """(config, float64 params) for a tiny GPT with generic random weights."""
     config = draw(gpt_configs(vocab_size=vocab_size, min_block_size=min_block_size))
-    return config, random_gpt_params(config, draw(seeds))
+    return config, ref_gpt.random_params(config, np.random.default_rng(draw(seeds)))

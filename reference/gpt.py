@@ -101,6 +101,36 @@ def init(config: Config, rng: numpy.random.Generator) -> dict:
     return params
 
 
+def random_params(config: Config, rng: numpy.random.Generator) -> dict:
+    """Parameters far from the GPT-2 initialization, so that nothing is trivially equal:
+    O(1) logits and attention scores, LayerNorm gains around 1 with spread, nonzero biases.
+
+        wte N(0, 1)            wpe N(0, 0.5^2)         weights (in, out) N(0, 1/in)
+        biases N(0, 0.2^2)     LayerNorm gains 1 + N(0, 0.3^2), biases N(0, 0.3^2)
+
+    Use these, not `init`, to test an implementation: GPT-2's 0.02-std init gives
+    near-uniform logits and near-uniform attention, which hide bugs (a wrong mask, a
+    missing scale, a swapped head all change the output by almost nothing). Drawn in
+    the order of `param_shapes`, so the same rng state gives the same parameters.
+    Returns float64 NumPy arrays.
+    """
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name == "wte":
+            params[name] = rng.normal(0.0, 1.0, shape)
+        elif name == "wpe":
+            params[name] = rng.normal(0.0, 0.5, shape)
+        elif name.endswith(".g"):  # LayerNorm gains
+            params[name] = 1.0 + rng.normal(0.0, 0.3, shape)
+        elif ".ln_" in name or name.startswith("ln_"):  # LayerNorm biases
+            params[name] = rng.normal(0.0, 0.3, shape)
+        elif name.endswith(".b"):
+            params[name] = rng.normal(0.0, 0.2, shape)
+        else:  # linear weights (in, out)
+            params[name] = rng.normal(0.0, 1.0 / math.sqrt(shape[0]), shape)
+    return params
+
+
 # ----------------------------------------------------------------------------- validation
 
 

@@ -32,9 +32,7 @@ CONFIG = gpt.Config(vocab_size=5, block_size=7, n_layer=2, n_head=2, n_embd=6, b
 
 
 def _params(config=CONFIG, seed=0):
-    from diff_tests.conftest import random_gpt_params
-
-    return random_gpt_params(config, seed)
+    return gpt.random_params(config, np.random.default_rng(seed))
 
 
 @pytest.fixture
@@ -360,3 +358,149 @@ def test_checks_module_imports_only_numpy_at_top_level():
     top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     assert top <= {"numpy", "copy", "itertools", "math", "dataclasses", "__future__"}, top
+
+
+# ----------------------------------------------------------------------------- generated tokens
+
+
+def _tokens_case(seed=0, B=3, T0=2, N=8):
+    """A GPT, a prompt and the reference's greedy generation and step logits along it."""
+    config = gpt.Config(vocab_size=11, block_size=T0 + N, n_layer=1, n_head=2, n_embd=6)
+    params = _params(config, seed)
+    prompt = np.random.default_rng(seed).integers(0, config.vocab_size, size=(B, T0))
+    return config, params, prompt, N
+
+
+def test_compare_tokens_float64_every_token_must_equal_the_reference_generation():
+    config, params, prompt, N = _tokens_case()
+    ref = lambda x: gpt.forward(params, config, x)  # noqa: E731
+    tokens = gpt.greedy(params, config, prompt, N)
+    ok = checks.compare_tokens("greedy", prompt, tokens, ref, "float64", max_new_tokens=N)
+    assert ok.passed and ok.judged == ok.total == prompt.shape[0] * N and ok.mismatches == 0
+    # the second-best token at one step (a sampler bug): caught, at that step
+    logits = gpt.forward(params, config, tokens[:, :-1])[:, prompt.shape[1] - 1 :]
+    bad = tokens.copy()
+    bad[1, prompt.shape[1] + 3] = np.argsort(logits[1, 3])[-2]
+    c = checks.compare_tokens("greedy", prompt, bad, ref, "float64")
+    assert not c.passed and c.mismatches >= 1 and "row 1, step 3" in c.first_mismatch
+    with pytest.raises(AssertionError, match="row 1, step 3"):
+        checks.assert_tokens("greedy", prompt, bad, ref, "float64")
+    # the same array of step logits in place of the function
+    assert checks.compare_tokens("greedy", prompt, tokens, logits, "float64").passed
+
+
+def test_compare_tokens_fails_on_malformed_output():
+    config, params, prompt, N = _tokens_case()
+    ref = lambda x: gpt.forward(params, config, x)  # noqa: E731
+    tokens = gpt.greedy(params, config, prompt, N)
+    changed = tokens.copy()
+    changed[0, 0] = (changed[0, 0] + 1) % config.vocab_size
+    assert "prompt was not returned unchanged" in checks.compare_tokens("g", prompt, changed, ref, "float64").problem
+    short = checks.compare_tokens("g", prompt, tokens[:, :-1], ref, "float64", max_new_tokens=N)
+    assert not short.passed and f"expected {N} new tokens" in short.note and short.max_err == np.inf
+    logits = gpt.forward(params, config, tokens[:, :-1])[:, prompt.shape[1] - 1 :]
+    outside = tokens.copy()
+    outside[2, -1] = config.vocab_size
+    assert "outside [0, 11)" in checks.compare_tokens("g", prompt, outside, logits, "float64").problem
+    u = np.full((prompt.shape[0], N + 1), 0.5)
+    assert not checks.compare_tokens("s", prompt, tokens, ref, "float64", u=u).passed
+    with pytest.raises(ValueError, match="fast"):  # low precision cannot judge without the fast step logits
+        checks.compare_tokens("g", prompt, tokens, ref, "float32")
+
+
+def test_compare_tokens_low_precision_judges_only_margins_clear_of_the_logit_error():
+    B, N, V = 2, 10, 5
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0.0, 2.0, size=(B, N, V))
+    ref[0, 4, :2] = [3.0, 3.0 - 1e-4]  # a near tie at row 0, step 4
+    ref[0, 4, 2:] = -5.0
+    fast = ref + rng.uniform(-1e-3, 1e-3, size=ref.shape)  # a float32-like kernel
+    prompt = np.zeros((B, 1), dtype=np.int64)
+    want = ref.argmax(-1)
+    tokens = np.concatenate([prompt, want], axis=1)
+    ok = checks.compare_tokens("greedy", prompt, tokens, ref, "float32", fast=fast)
+    assert ok.passed and ok.judged == B * N - 1  # the tie is not judged ...
+    tokens[0, 1 + 4] = 1  # ... so the flip there is legitimate
+    assert checks.compare_tokens("greedy", prompt, tokens, ref, "float32", fast=fast).passed
+    tokens[1, 1 + 7] = np.argsort(ref[1, 7])[-2]  # a flip at a clear margin is a bug
+    c = checks.compare_tokens("greedy", prompt, tokens, ref, "float32", fast=fast)
+    assert not c.passed and "row 1, step 7" in c.first_mismatch and "flip bound" in c.first_mismatch
+    # a common shift of the logits (log-probabilities in place of logits) moves no choice: judged as before
+    log_probs = fast - np.log(np.exp(fast).sum(-1, keepdims=True))
+    shifted = checks.compare_tokens("greedy", prompt, np.concatenate([prompt, want], 1), ref, "float32", fast=log_probs)
+    assert shifted.passed and shifted.judged == B * N - 1
+
+
+def test_compare_tokens_sampling_catches_a_shifted_uniform_and_refuses_to_prove_nothing():
+    config, params, prompt, N = _tokens_case(seed=3, B=4, N=8)
+    ref = lambda x: gpt.forward(params, config, x)  # noqa: E731
+    fast32 = {k: v.astype(np.float32) for k, v in params.items()}
+    fast = lambda x: gpt.forward(fast32, config, x)  # noqa: E731  the model in float32
+    u = np.random.default_rng(7).random((prompt.shape[0], N))
+    good = gpt.generate(fast32, config, prompt, N, u=u)
+    ok = checks.compare_tokens("sample", prompt, good, ref, "float32", u=u, fast=fast)
+    assert ok.passed and ok.total == 32 and ok.judged >= ok.needed == 16
+    shifted = gpt.generate(fast32, config, prompt, N, u=np.roll(u, 1, axis=1))  # u[:, n - 1] at step n
+    bad = checks.compare_tokens("sample", prompt, shifted, ref, "float32", u=u, fast=fast)
+    assert not bad.passed and bad.mismatches >= 1
+    # step logits off by far more than their spread: no margin is clear of that, and the comparison says
+    # it proves nothing (an error of O(1) would not do: these O(1)-logit models are confident)
+    noisy = lambda x: ref(x) + np.random.default_rng(0).normal(0.0, 30.0, size=x.shape + (config.vocab_size,))  # noqa: E731
+    useless = checks.compare_tokens("sample", prompt, good, ref, "bfloat16", u=u, fast=noisy)
+    assert not useless.passed and useless.mismatches == 0 and useless.judged < useless.needed
+    assert "prove nothing" in str(useless)
+
+
+# ----------------------------------------------------------------------------- cache, baseline, finite differences
+
+
+def test_logits_through_cache_equals_forward_and_catches_a_cache_that_forgets(model):
+    params, tokens = model
+    truth = gpt.forward(params, CONFIG, tokens)
+    got = checks.logits_through_cache(gpt, params, CONFIG, tokens, [2, 1])
+    assert_close("cache logits", truth, got, "float64")
+    assert checks.logits_through_cache(gpt, params, CONFIG, tokens).shape == truth.shape  # all steps
+
+    class Forgetful:  # prefill/step that drop the cache: every chunk starts from scratch
+        init_cache = staticmethod(gpt.init_cache)
+
+        @staticmethod
+        def prefill(p, config, cache, tok):
+            return gpt.prefill(p, config, gpt.init_cache(p, config, tok.shape[0]), tok)
+
+        @staticmethod
+        def step(p, config, cache, tok_t):
+            return gpt.step(p, config, gpt.init_cache(p, config, tok_t.shape[0]), tok_t)
+
+    assert not compare("cache logits", truth, checks.logits_through_cache(Forgetful, params, CONFIG, tokens, [3]), "float64").passed
+    with pytest.raises(ValueError, match="chunks"):
+        checks.logits_through_cache(gpt, params, CONFIG, tokens, [5, 5])
+
+
+def test_naive_float32_runs_the_reference_in_float32(model):
+    params, tokens = model
+    truth = gpt.forward(params, CONFIG, tokens)
+    naive = checks.naive_float32(gpt.forward, params, CONFIG, tokens)
+    assert naive.dtype == np.float64 and 0 < np.abs(naive - truth).max() < 1e-4
+    torch_params = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in params.items()}
+    assert np.array_equal(checks.naive_float32(gpt.forward, torch_params, CONFIG, tokens), naive)
+    with pytest.raises(AssertionError, match="float64"):
+        checks.naive_float32(lambda p, c, x: gpt.forward(p, c, x).astype(np.float64), params, CONFIG, tokens)
+
+
+def test_finite_difference_grad_is_accurate_and_leaves_params_alone():
+    params = {"w": np.array([[0.3, -1.2], [2.0, 0.7]]), "b": np.array([0.5])}
+    before = {k: v.copy() for k, v in params.items()}
+
+    def f(p):
+        return float(np.sum(np.sin(p["w"]) * np.exp(p["b"][0])))
+
+    fd = checks.finite_difference_grad(f, params, "w", (1, 0))
+    assert abs(fd.value - np.cos(2.0) * np.exp(0.5)) <= checks.FD_ACCURACY and fd.error <= checks.FD_ACCURACY
+    assert fd.step in checks.FD_STEPS
+    assert abs(checks.finite_difference_grad(f, params, "b", 0).value - f(params)) <= checks.FD_ACCURACY
+    assert all(np.array_equal(params[k], before[k]) for k in params)
+    with pytest.raises(ValueError, match="name"):
+        checks.finite_difference_grad(f, params, "v", (0, 0))
+    with pytest.raises(ValueError, match="index"):
+        checks.finite_difference_grad(f, params, "w", (0,))
