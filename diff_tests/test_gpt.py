@@ -182,3 +182,44 @@ def test_gradient_of_mean_nll(side, case_key):
     assert np.abs(truth).max() > 1e-3, "the sampled gradient entries are all ~0: the test would prove nothing"
     with torch.no_grad():
         check("grad mean NLL", truth, got, side, naive=naive)
+
+
+# ----------------------------------------------------------------------------- the CPU inference kernels
+#
+# On the CPU, fast.gpt runs inference through special kernels ("matvec": a matrix-vector
+# product split over the threads, for one row; "matmul": oneDNN on transposed weight
+# copies, for several rows) -- but only for models large enough to gain from them, which
+# the tiny models above are not. Here the size threshold is lowered to 0 so the same
+# comparisons run through those kernels too.
+
+
+@pytest.fixture
+def cpu_kernels(side, monkeypatch):
+    import torch
+
+    if side.is_cupy or side.backend.device != "cpu":
+        pytest.skip("the special inference kernels are CPU-only")
+    monkeypatch.setattr(fast_gpt, "_CPU_KERNELS_MIN_WEIGHTS", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the matvec split needs more than one thread
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cpu_inference_kernels(side, cpu_kernels, name, batch):
+    config, params, tokens, truth = case(name, 59)
+    tokens, truth = tokens[:batch], truth[:batch]
+    P = side.params(params)
+    mode = fast_gpt._mode(P, batch, differentiable=False)  # the decoding steps' kernels
+    assert mode == ("matvec" if batch == 1 and side.dtype != "bfloat16" else "matmul"), mode
+    naive = side.naive_forward(P, config, tokens)
+    check(f"logits (CPU kernels, batch {batch})", truth, side.forward(P, config, tokens), side, naive=naive)
+    check(f"cache logits (CPU kernels, batch {batch})", truth, side.cached_logits(P, config, tokens, [5]), side, naive=naive)
+    prompt, N = tokens[:, :5], 55
+    got = side.generate(P, config, prompt, N)
+    _check_generation(f"greedy tokens (CPU kernels, batch {batch})", side, P, params, config, prompt, got, N)
+    u = np.random.default_rng(batch).random((batch, N))
+    got = side.generate(P, config, prompt, N, u=u)
+    _check_generation(f"sampled tokens (CPU kernels, batch {batch})", side, P, params, config, prompt, got, N, u=u)

@@ -16,12 +16,10 @@ this one only says how the same numbers are computed fast:
   the LM head for its last position only, each step feeds one token, and the
   loop never waits for the device: the logits of every step are validated once,
   after the loop (a NaN still raises ValueError, naming the step).
-- On the CPU in float32/bfloat16, linear layers run through oneDNN on weights
-  laid out (out, in): for one-token decoding (a matrix-vector product, bound by
-  memory bandwidth) and small batches this is markedly faster than BLAS on the
-  (in, out) layout the parameters are stored in. The (out, in) copies are made
-  once per weight tensor (and version) and live as long as that tensor. The
-  LM head uses wte (V, C), already (out, in), as it is.
+- On the CPU, inference picks the linear kernels that measured fastest (see
+  "linear layers" below): for one-token decoding of one sequence, the
+  matrix-vector products are split over the threads; otherwise oneDNN's linear
+  runs on (out, in) copies of the weights, with the GELU fused.
 - Everything runs in the params' dtype; probabilities for sampling are
   float64 (fast/sampling.py), and log_prob accumulates log-softmax in float32
   (bfloat16/float32 params) or float64.
@@ -109,46 +107,42 @@ def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | No
     return tokens.to(device=device if device is not None else tokens.device, dtype=torch.int64)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, numpy.integer)) and not isinstance(value, bool)
+
+
 def _check_attn_impl(attn_impl):
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl: expected one of {ATTN_IMPLS}, got {attn_impl!r}")
 
 
 # ----------------------------------------------------------------------------- linear layers
-
-
-def _linear(x, w, b):
-    """y = x W + b with W stored (in, out) as in the params.  x: (N, in) -> (N, out)."""
-    return torch.addmm(b, x, w)
-
-
-def _linear_gelu(x, w, b):
-    """gelu_tanh(x W + b), W (in, out)."""
-    return F.gelu(torch.addmm(b, x, w), approximate="tanh")
-
-
-def _head(x, wte):
-    """LM-head logits x W_te^T.  x: (N, C), wte: (V, C) -> (N, V)."""
-    return F.linear(x, wte)
-
+#
+# Every linear layer is y = x W + b with W stored (in, out) as in the params; the
+# LM head is x W_te^T. Each call of the network first turns the weights into
+# kernels x -> y, chosen by a *mode*:
+#
+#   "plain"   addmm / F.linear: differentiable; on CUDA, and whenever autograd
+#             needs the graph (forward / log_prob of params that require grad).
+#   "matmul"  CPU inference on M > 1 rows (prefill, batched decoding: compute
+#             bound): oneDNN's linear on (out, in) copies of the weights, with
+#             the GELU fused; it beats BLAS on the (in, out) layout by about 1.6x
+#             at M = 32. float32/bfloat16 (float64 stays on addmm).
+#   "matvec"  CPU inference on one row (decoding one sequence: a matrix-vector
+#             product, bound by memory bandwidth). BLAS computes it on one
+#             thread, which leaves memory bandwidth unused; so the product is
+#             split over K into one block per thread, computed as one batched
+#             product (torch spreads the batch over the threads), and the partial
+#             products summed:  x W = sum_j x[K_j] W[K_j, :].  On (in, out)
+#             weights the split is a free view; the head uses a (C, V) copy of wte.
+#
+# Small models (4 C^2 < 2^18 weights in the MLP's matrices) always run plain.
+# The copies are made once per weight tensor, remade when it changes in place,
+# and live as long as that tensor. The mode depends only on the device,
+# dtype, sizes, the thread count and whether a gradient is needed, never on what
+# was computed before: a given call always computes the same numbers.
 
 _onednn_linear_op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-
-def _onednn_linear(x, w_out_in, b):
-    """y = x W + b through oneDNN, W given as its (out, in) transpose.  x: (N, in) -> (N, out)."""
-    return _onednn_linear_op(x, w_out_in, b, "none", [], "")
-
-
-def _onednn_linear_gelu(x, w_out_in, b):
-    """gelu_tanh(x W + b) through oneDNN, the GELU fused into the matrix product."""
-    return _onednn_linear_op(x, w_out_in, b, "gelu", [], "tanh")
-
-
-def _onednn_head(x, wte):
-    return _onednn_linear_op(x, wte, None, "none", [], "")
-
-
 _onednn_works: dict[torch.dtype, bool] = {}
 
 
@@ -162,10 +156,10 @@ def _onednn_usable(dtype: torch.dtype) -> bool:
                 x, w, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((3, 5), (5, 7), (7,)))
                 want = torch.addmm(b, x, w)
                 with torch.no_grad():
-                    wt = w.t().contiguous().to(dtype)
-                    got = _onednn_linear(x.to(dtype), wt, b.to(dtype)).double()
-                    got_gelu = _onednn_linear_gelu(x.to(dtype), wt, b.to(dtype)).double()
-                    got_head = _onednn_head(x.to(dtype), wt).double()
+                    x_, wt, b_ = x.to(dtype), w.t().contiguous().to(dtype), b.to(dtype)
+                    got = _onednn_linear_op(x_, wt, b_, "none", [], "").double()
+                    got_gelu = _onednn_linear_op(x_, wt, b_, "gelu", [], "tanh").double()
+                    got_head = _onednn_linear_op(x_, wt, None, "none", [], "").double()
                 tol = 1e-4 if dtype == torch.float32 else 0.1
                 ok = (
                     torch.allclose(got, want, rtol=tol, atol=tol)
@@ -178,18 +172,80 @@ def _onednn_usable(dtype: torch.dtype) -> bool:
     return _onednn_works[dtype]
 
 
-_out_in_copies = WeakIdKeyDictionary()  # weight tensor -> (its version, contiguous (out, in) copy)
+_transposed_copies = WeakIdKeyDictionary()  # weight -> (its state, contiguous copy of its transpose)
 
 
-def _out_in(w: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of w^T, made once per tensor and per in-place modification of it."""
-    hit = _out_in_copies.get(w)
-    if hit is not None and hit[0] == w._version:
+def _state(w: torch.Tensor) -> tuple:
+    """What `_transposed` checks before reusing a copy of w: the version counter (bumped by every
+    in-place operation; inference tensors have none), the storage, and eight entries of w
+    spread over it (which catch writes that bypass the counter, through .data or a NumPy view)."""
+    rows = torch.linspace(0, w.shape[0] - 1, 8, device=w.device).long()
+    cols = torch.linspace(0, w.shape[1] - 1, 8, device=w.device).long()
+    version = None if w.is_inference() else w._version
+    return version, w.data_ptr(), w.detach()[rows, cols]
+
+
+def _transposed(w: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of the 2-D w^T, made once and reused while w is unchanged (see `_state`)."""
+    state = _state(w)
+    hit = _transposed_copies.get(w)
+    if hit is not None and hit[0][:2] == state[:2] and torch.equal(hit[0][2], state[2]):
         return hit[1]
     with torch.no_grad():
         copy = w.detach().t().contiguous()
-    _out_in_copies[w] = (w._version, copy)
+    _transposed_copies[w] = (state, copy)
     return copy
+
+
+# Below this many weights per matrix the special CPU kernels gain nothing, and their
+# thread synchronization makes them slow on a busy machine: small models stay plain.
+_CPU_KERNELS_MIN_WEIGHTS = 1 << 18
+
+
+def _mode(params: dict, rows: int, differentiable: bool) -> str:
+    """The kernel mode (see above) for inputs of `rows` rows."""
+    wte = params["wte"]
+    C = wte.shape[1]
+    if differentiable or wte.device.type != "cpu" or 4 * C * C < _CPU_KERNELS_MIN_WEIGHTS:
+        return "plain"
+    if rows == 1 and torch.get_num_threads() > 1 and wte.dtype != torch.bfloat16:
+        return "matvec"
+    return "matmul"
+
+
+def _linear(w, b, mode: str, gelu: bool = False):
+    """The kernel x -> x W + b (then gelu_tanh, if asked).  x: (M, in), w: (in, out), b: (out,)."""
+    K, N = w.shape
+    c = torch.get_num_threads()
+    if mode == "matvec" and K % c == 0:
+        w_blocks = w.view(c, K // c, N)  # (c, K/c, N): a view
+        b_first = torch.zeros((c, 1, N), dtype=b.dtype, device=b.device)  # the bias, added once by the sum
+        b_first[0, 0] = b
+
+        def matvec(x):  # x: (1, K)
+            y = torch.baddbmm(b_first, x.reshape(c, 1, K // c), w_blocks).sum(dim=0)  # (c, 1, N) -> (1, N)
+            return F.gelu(y, approximate="tanh") if gelu else y
+
+        return matvec
+    if mode != "plain" and _onednn_usable(w.dtype):
+        w_out_in = _transposed(w)  # (N, K)
+        attr, algorithm = ("gelu", "tanh") if gelu else ("none", "")
+        return lambda x: _onednn_linear_op(x, w_out_in, b, attr, [], algorithm)
+    if gelu:
+        return lambda x: F.gelu(torch.addmm(b, x, w), approximate="tanh")
+    return lambda x: torch.addmm(b, x, w)
+
+
+def _head(wte, mode: str):
+    """The kernel x -> x W_te^T (the LM head).  x: (M, C), wte: (V, C) -> (M, V)."""
+    V, C = wte.shape
+    c = torch.get_num_threads()
+    if mode == "matvec" and C % c == 0:
+        w_blocks = _transposed(wte).view(c, C // c, V)  # (c, C/c, V)
+        return lambda x: torch.bmm(x.reshape(c, 1, C // c), w_blocks).sum(dim=0)  # (1, V)
+    if mode != "plain" and _onednn_usable(wte.dtype):
+        return lambda x: _onednn_linear_op(x, wte, None, "none", [], "")  # wte is (out, in) already
+    return lambda x: F.linear(x, wte)
 
 
 # ----------------------------------------------------------------------------- the network
@@ -197,58 +253,43 @@ def _out_in(w: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Layer:
-    """One block's parameters, linear weights in the layout `_Network.linear` expects."""
+    """One block: LayerNorm parameters and its linear layers as kernels x -> y."""
 
-    ln_1_g: torch.Tensor
-    ln_1_b: torch.Tensor
-    qkv_w: torch.Tensor
-    qkv_b: torch.Tensor
-    proj_w: torch.Tensor
-    proj_b: torch.Tensor
-    ln_2_g: torch.Tensor
-    ln_2_b: torch.Tensor
-    fc_w: torch.Tensor
-    fc_b: torch.Tensor
-    fc_proj_w: torch.Tensor
-    fc_proj_b: torch.Tensor
+    ln_1: tuple  # (gain, bias)
+    qkv: object  # (M, C) -> (M, 3C)
+    proj: object  # (M, C) -> (M, C)
+    ln_2: tuple
+    fc: object  # (M, C) -> (M, 4C), GELU included
+    fc_proj: object  # (M, 4C) -> (M, C)
 
 
 @dataclass(frozen=True)
 class _Network:
-    """The params arranged for one call: per-layer tuples and the linear kernels to use."""
+    """The params of one call, arranged as kernels of one mode."""
 
     config: Config
     wte: torch.Tensor
     wpe: torch.Tensor
-    ln_f_g: torch.Tensor
-    ln_f_b: torch.Tensor
+    ln_f: tuple
     layers: tuple
-    linear: object
-    linear_gelu: object
-    head: object
+    head: object  # (M, C) -> (M, V)
 
 
-def _network(params: dict, config: Config, differentiable: bool) -> _Network:
-    """Arrange checked params for the kernels: oneDNN with (out, in) weights on the CPU in
-    float32/bfloat16 when no gradient is needed, addmm on the (in, out) weights otherwise."""
-    wte = params["wte"]
-    fast_cpu = wte.device.type == "cpu" and not differentiable and _onednn_usable(wte.dtype)
-    arrange = _out_in if fast_cpu else (lambda w: w)
+def _network(params: dict, config: Config, mode: str) -> _Network:
+    """Checked params turned into the kernels of `mode`."""
     layers = []
     for i in range(config.n_layer):
         p = f"blocks.{i}."
-        layers.append(
-            _Layer(
-                params[p + "ln_1.g"], params[p + "ln_1.b"],
-                arrange(params[p + "attn.qkv.w"]), params[p + "attn.qkv.b"],
-                arrange(params[p + "attn.proj.w"]), params[p + "attn.proj.b"],
-                params[p + "ln_2.g"], params[p + "ln_2.b"],
-                arrange(params[p + "mlp.fc.w"]), params[p + "mlp.fc.b"],
-                arrange(params[p + "mlp.proj.w"]), params[p + "mlp.proj.b"],
-            )
-        )  # fmt: skip
-    kernels = (_onednn_linear, _onednn_linear_gelu, _onednn_head) if fast_cpu else (_linear, _linear_gelu, _head)
-    return _Network(config, wte, params["wpe"], params["ln_f.g"], params["ln_f.b"], tuple(layers), *kernels)
+
+        def linear(name, gelu=False):
+            return _linear(params[p + name + ".w"], params[p + name + ".b"], mode, gelu)
+
+        layers.append(_Layer(
+            (params[p + "ln_1.g"], params[p + "ln_1.b"]), linear("attn.qkv"), linear("attn.proj"),
+            (params[p + "ln_2.g"], params[p + "ln_2.b"]), linear("mlp.fc", gelu=True), linear("mlp.proj"),
+        ))  # fmt: skip
+    wte = params["wte"]
+    return _Network(config, wte, params["wpe"], (params["ln_f.g"], params["ln_f.b"]), tuple(layers), _head(wte, mode))
 
 
 def _needs_grad(params: dict) -> bool:
@@ -280,27 +321,25 @@ def _attention(q, k, v, attn_impl: str):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(Tq, Tk, q.device))
 
 
-def _block(net: _Network, layer: _Layer, x, k_cache, v_cache, P: int, attn_impl: str):
+def _block(config: Config, layer: _Layer, x, k_cache, v_cache, P: int, attn_impl: str):
     """One pre-LN block (reference.gpt.block) on the T newest positions.
 
     x: (B, T, C). k_cache, v_cache: None (no cache: attend within x), or the
     layer's (B, nh, max_len, hs) cache, positions [P, P+T) written in place here.
     """
     B, T, C = x.shape
-    nh = net.config.n_head
-    eps = net.config.layer_norm_eps
-    h = F.layer_norm(x, (C,), layer.ln_1_g, layer.ln_1_b, eps).view(B * T, C)  # (B*T, C)
-    qkv = net.linear(h, layer.qkv_w, layer.qkv_b).view(B, T, 3, nh, C // nh)  # (B, T, 3, nh, hs)
+    nh, eps = config.n_head, config.layer_norm_eps
+    h = F.layer_norm(x, (C,), *layer.ln_1, eps).view(B * T, C)  # (B*T, C)
+    qkv = layer.qkv(h).view(B, T, 3, nh, C // nh)  # (B, T, 3, nh, hs)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
     if k_cache is not None:
         k_cache.narrow(2, P, T).copy_(k)  # positions [P, P+T), in place
         v_cache.narrow(2, P, T).copy_(v)
         k, v = k_cache.narrow(2, 0, P + T), v_cache.narrow(2, 0, P + T)  # (B, nh, P+T, hs)
     y = _attention(q, k, v, attn_impl).transpose(1, 2).reshape(B * T, C)  # (B*T, C)
-    x = x + net.linear(y, layer.proj_w, layer.proj_b).view(B, T, C)
-    h = F.layer_norm(x, (C,), layer.ln_2_g, layer.ln_2_b, eps).view(B * T, C)
-    h = net.linear_gelu(h, layer.fc_w, layer.fc_b)  # (B*T, 4C)
-    return x + net.linear(h, layer.fc_proj_w, layer.fc_proj_b).view(B, T, C)
+    x = x + layer.proj(y).view(B, T, C)
+    h = F.layer_norm(x, (C,), *layer.ln_2, eps).view(B * T, C)
+    return x + layer.fc_proj(layer.fc(h)).view(B, T, C)  # fc: (B*T, 4C)
 
 
 def _run(net: _Network, tokens, cache, attn_impl: str, last_only: bool = False):
@@ -311,14 +350,14 @@ def _run(net: _Network, tokens, cache, attn_impl: str, last_only: bool = False):
     x = F.embedding(tokens, net.wte) + net.wpe[P : P + T]  # (B, T, C)
     per_layer = [(None, None)] * len(net.layers) if cache is None else cache.layers
     for layer, (k_cache, v_cache) in zip(net.layers, per_layer):
-        x = _block(net, layer, x, k_cache, v_cache, P, attn_impl)
+        x = _block(net.config, layer, x, k_cache, v_cache, P, attn_impl)
     if cache is not None:
         cache.length = P + T
     if last_only:
         x = x[:, -1:]  # (B, 1, C): the only logits generation needs
     C = x.shape[-1]
-    x = F.layer_norm(x, (C,), net.ln_f_g, net.ln_f_b, net.config.layer_norm_eps)
-    return net.head(x.reshape(-1, C), net.wte).view(B, x.shape[1], -1)  # (B, T, V)
+    x = F.layer_norm(x, (C,), *net.ln_f, net.config.layer_norm_eps)
+    return net.head(x.reshape(-1, C)).view(B, x.shape[1], -1)  # (B, T, V)
 
 
 def forward(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -> torch.Tensor:
@@ -333,7 +372,8 @@ def forward(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") ->
     tokens = check_tokens(tokens, config, device=params["wte"].device)
     differentiable = _needs_grad(params)
     with torch.enable_grad() if differentiable else torch.no_grad():
-        return _run(_network(params, config, differentiable), tokens, None, attn_impl)
+        net = _network(params, config, _mode(params, tokens.numel(), differentiable))
+        return _run(net, tokens, None, attn_impl)
 
 
 def log_prob(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -> torch.Tensor:
@@ -401,19 +441,21 @@ class KVCache:
         )
 
 
-def _empty_cache(config: Config, batch: int, max_len: int, dtype, device) -> KVCache:
+def _empty_cache(config: Config, batch: int, max_len: int, dtype, device, zeros: bool = True) -> KVCache:
+    """A KVCache of length 0; zeros=False leaves the memory uninitialized (it is written before it is read)."""
     shape = (config.n_layer, batch, config.n_head, max_len, config.head_dim)
+    new = torch.zeros if zeros else torch.empty
     with torch.inference_mode():
-        return KVCache(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        return KVCache(new(shape, dtype=dtype, device=device), new(shape, dtype=dtype, device=device))
 
 
 def init_cache(params: dict, config: Config, batch: int, max_len: int | None = None) -> KVCache:
     """An empty KV cache for `batch` sequences of up to max_len (default block_size) positions."""
     params = _checked_params(params, config)
-    if not isinstance(batch, (int, numpy.integer)) or isinstance(batch, bool) or batch < 1:
+    if not _is_int(batch) or batch < 1:
         raise ValueError(f"batch: expected a positive int, got {batch!r}")
     max_len = config.block_size if max_len is None else max_len
-    if not isinstance(max_len, (int, numpy.integer)) or isinstance(max_len, bool) or not 1 <= max_len <= config.block_size:
+    if not _is_int(max_len) or not 1 <= max_len <= config.block_size:
         raise ValueError(f"max_len: expected an int in [1, {config.block_size}], got {max_len!r}")
     wte = params["wte"]
     return _empty_cache(config, int(batch), int(max_len), wte.dtype, wte.device)
@@ -445,7 +487,8 @@ def prefill(params: dict, config: Config, cache: KVCache, tokens):
     if tokens.shape[0] != cache.batch:
         raise ValueError(f"tokens: expected batch {cache.batch} (the cache's), got {tokens.shape[0]}")
     with torch.inference_mode():
-        logits = _run(_network(params, config, differentiable=False), tokens, cache, "sdpa")
+        net = _network(params, config, _mode(params, tokens.numel(), differentiable=False))
+        logits = _run(net, tokens, cache, "sdpa")
     return logits, cache
 
 
@@ -479,22 +522,28 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     wte = params["wte"]
     prompt = check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1), device=wte.device)
     B, T0 = prompt.shape
+    V = config.vocab_size
     if u is not None:
         u = sampling.check_uniforms(u, (B, N), wte.device)
     if N == 0:
         return prompt.clone()
     logits_dtype = torch.float64 if wte.dtype == torch.float64 else torch.float32
     with torch.inference_mode():
-        net = _network(params, config, differentiable=False)
+        prefill_mode, step_mode = _mode(params, B * T0, False), _mode(params, B, False)
+        net = _network(params, config, prefill_mode)
         out = torch.empty((B, T0 + N), dtype=torch.int64, device=wte.device)  # (B, T0+N)
         out[:, :T0] = prompt
         row_max = torch.empty((N, B), dtype=torch.float64, device=wte.device)  # to validate the logits
-        cache = _empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device)
+        cache = _empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device, zeros=False)
         logits = _run(net, prompt, cache, "sdpa", last_only=True)[:, 0]  # (B, V)
+        net = net if step_mode == prefill_mode else _network(params, config, step_mode)
         for n in range(N):
             logits = logits.to(logits_dtype)
             for process in processors:
                 logits = process(logits)
+            if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (B, V)):
+                got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
+                raise ValueError(f"processors: expected floating logits of shape {(B, V)}, got {got}")
             if u is None:
                 m, token = torch.max(logits, dim=-1)  # (B,), (B,): the first index on ties
             else:
