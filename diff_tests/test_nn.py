@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from reference import nn
+from diff_tests.conftest import check
 from reference.checks import assert_close
 
 
@@ -128,3 +129,65 @@ def test_linear_embedding(rng):
     table = rng.normal(size=(11, 4))
     want = F.embedding(torch.from_numpy(ids), t(table)).numpy()
     assert np.array_equal(nn.embedding(ids, table), want)
+
+
+# ----------------------------------------------------------------------------- reference.nn vs fast.nn, every backend
+
+
+def _side_nn(side):
+    """fast.nn on torch backends; reference.nn itself on CuPy."""
+    if side.is_cupy:
+        return nn
+    from fast import nn as fast_nn
+
+    return fast_nn
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 59)])
+def test_fast_nn_pointwise_and_normalizers(side, rng, shape):
+    x = _with_neg_inf(rng, shape)
+    finite = rng.normal(0.5, 2.0, size=shape)
+    C = shape[-1]
+    g, b = rng.normal(1.0, 0.5, C), rng.normal(0.0, 0.5, C)
+    f = _side_nn(side)
+    X, Xf, G, Bb = (side.array(a) for a in (x, finite, g, b))
+    cases = {
+        "layer_norm": (nn.layer_norm(finite, g, b), f.layer_norm(Xf, G, Bb)),
+        "gelu_tanh": (nn.gelu_tanh(finite), f.gelu_tanh(Xf)),
+        "gelu_erf": (nn.gelu_erf(finite), f.gelu_erf(Xf)),
+        "softmax": (nn.softmax(x), f.softmax(X)),
+        "log_softmax": (nn.log_softmax(x), f.log_softmax(X)),
+        "logsumexp": (nn.logsumexp(x), f.logsumexp(X)),
+        "logsumexp axis 0 keepdims": (nn.logsumexp(x, axis=0, keepdims=True), f.logsumexp(X, axis=0, keepdims=True)),
+    }
+    for name, (truth, got) in cases.items():
+        check(name, truth, side.numpy(got), side)
+
+
+@pytest.mark.parametrize("t_query, t_key", [(1, 1), (1, 7), (5, 5), (3, 8)])
+def test_fast_nn_attention(side, rng, t_query, t_key):
+    q, k, v = (rng.normal(0, 1, (2, 3, T, 3)) for T in (t_query, t_key, t_key))
+    f = _side_nn(side)
+    xp_mask = nn.causal_mask(t_query, t_key)
+    if side.is_cupy:
+        got_mask = side.numpy(nn.causal_mask(t_query, t_key, side.cp))
+    else:
+        got_mask = side.numpy(f.causal_mask(t_query, t_key, device=side.backend.device))
+    np.testing.assert_array_equal(got_mask, xp_mask)
+    mask = side.cp.asarray(xp_mask) if side.is_cupy else torch.as_tensor(xp_mask, device=side.backend.device)
+    got = f.attention(side.array(q), side.array(k), side.array(v), mask)
+    check("attention", nn.attention(q, k, v, xp_mask), side.numpy(got), side)
+
+
+def test_fast_nn_self_attention_linear_embedding(side, rng):
+    B, T, C, nh = 2, 7, 6, 3
+    x = rng.normal(0, 1, (B, T, C))
+    w_qkv, b_qkv = rng.normal(0, C**-0.5, (C, 3 * C)), rng.normal(0, 0.2, 3 * C)
+    w_proj, b_proj = rng.normal(0, C**-0.5, (C, C)), rng.normal(0, 0.2, C)
+    f = _side_nn(side)
+    A = side.array
+    got = f.causal_self_attention(A(x), A(w_qkv), A(b_qkv), A(w_proj), A(b_proj), nh)
+    check("causal_self_attention", nn.causal_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, nh), side.numpy(got), side)
+    check("linear", nn.linear(x, w_proj, b_proj), side.numpy(f.linear(A(x), A(w_proj), A(b_proj))), side)
+    table, ids = rng.normal(0, 1, (11, C)), rng.integers(0, 11, (B, T))
+    check("embedding", nn.embedding(ids, table), side.numpy(f.embedding(A(ids), A(table))), side)

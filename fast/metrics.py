@@ -1,0 +1,37 @@
+"""Likelihood metrics on torch tensors: the twins of reference/metrics.py.
+
+They accept the (B,) log-probabilities that `fast.<model>.log_prob` returns (any
+device, any float dtype) and accumulate in float64, returning Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _f64(a) -> torch.Tensor:
+    return torch.as_tensor(a).detach().to(torch.float64)
+
+
+def nll(log_probs) -> float:
+    """Mean negative log-likelihood in nats: -(1/B) sum_b log p(x_b)."""
+    return -float(_f64(log_probs).mean())
+
+
+def perplexity(log_probs, n_tokens) -> float:
+    """exp( -sum_b log p(x_b) / N ), N the total number of predicted tokens."""
+    total_tokens = float(_f64(n_tokens).sum())
+    if total_tokens <= 0:
+        raise ValueError(f"n_tokens: expected a positive total, got {total_tokens}")
+    return math.exp(-float(_f64(log_probs).sum()) / total_tokens)
+
+
+def bits_per_dim(nats, n_dims):
+    """nats / (n_dims ln 2): a float for a float, a float64 tensor for a tensor."""
+    if n_dims <= 0:
+        raise ValueError(f"n_dims: expected a positive number of dimensions, got {n_dims}")
+    if isinstance(nats, torch.Tensor):
+        return _f64(nats) / (n_dims * math.log(2.0))
+    return nats / (n_dims * math.log(2.0))
