@@ -126,3 +126,176 @@ def test_same_error_for_u_shape(side):
         ref.sample(x, np.array([0.5]))
     with pytest.raises(ValueError, match="u"):
         side.sampling.sample(side.array(x), side.array(np.array([0.5]), dtype=_f64()))
+
+
+# ----------------------------------------------------------------------------- logits processors
+
+FILTERS = [
+    ("top_k", {"k": 1}),
+    ("top_k", {"k": 4}),
+    ("top_k", {"k": 3, "min_tokens_to_keep": 5}),
+    ("top_p", {"p": 0.3}),
+    ("top_p", {"p": 0.9}),
+    ("top_p", {"p": 1.0}),
+    ("top_p", {"p": 0.5, "min_tokens_to_keep": 3}),
+    ("typical", {"mass": 0.2}),
+    ("typical", {"mass": 0.9}),
+    ("typical", {"mass": 0.5, "min_tokens_to_keep": 2}),
+    ("min_p", {"p": 0.05}),
+    ("min_p", {"p": 1.0}),
+    ("epsilon", {"eps": 0.02}),
+    ("epsilon", {"eps": 0.5, "min_tokens_to_keep": 2}),
+    ("eta", {"eps": 0.02}),
+    ("eta", {"eps": 0.3, "min_tokens_to_keep": 2}),
+]
+
+
+def _kinds(rng, B=60, V=23):
+    """Logits of four kinds, every row with a finite entry."""
+    random = rng.normal(0.0, 2.0, size=(B, V))
+    random[:, 3] = -np.inf
+    ties = rng.integers(-2, 2, size=(B, V)).astype(np.float64)  # few distinct values
+    ties[::3] = 0.0  # all-equal rows
+    inf_heavy = np.where(rng.random((B, V)) < 0.8, -np.inf, rng.normal(0.0, 1.0, size=(B, V)))
+    inf_heavy[np.arange(B), rng.integers(0, V, size=B)] = 0.5
+    huge = rng.normal(0.0, 1e4, size=(B, V))
+    huge[:, : V // 2] = np.round(huge[:, : V // 2], -3)  # ties among huge values too
+    return {"random": random, "ties": ties, "inf_heavy": inf_heavy, "huge": huge}
+
+
+KINDS = ["random", "ties", "inf_heavy", "huge"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name,kwargs", FILTERS, ids=lambda a: str(a).replace(" ", ""))
+def test_filters_keep_the_same_sets(side, name, kwargs, kind):
+    """The same kept mask as the reference on the logits the backend holds, and kept
+    entries unchanged (bit for bit, in the backend's dtype), removed ones -inf."""
+    x = _kinds(np.random.default_rng(KINDS.index(kind)), B=40, V=17)[kind].reshape(4, 10, 17)
+    seen = _seen(side, x)
+    want_keep = getattr(ref, "keep_" + name)(seen, **kwargs)
+    got_keep = side.numpy(getattr(side.sampling, "keep_" + name)(side.array(x), **kwargs))
+    assert got_keep.shape == x.shape and got_keep.dtype == bool
+    assert np.array_equal(got_keep, want_keep), np.argwhere(got_keep != want_keep)[:5]
+    got = side.numpy(getattr(side.sampling, name)(side.array(x), **kwargs))
+    assert np.array_equal(got, np.where(want_keep, seen, -np.inf))
+    assert np.array_equal(got, getattr(ref, name)(seen, **kwargs))
+    assert want_keep.any(axis=-1).all(), "a row was emptied"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_temperature_and_repetition_penalty(side, kind):
+    x = _kinds(np.random.default_rng(10 + KINDS.index(kind)), B=30, V=11)[kind]
+    seen = _seen(side, x)
+    for t in (0.3, 1.0, 2.5):
+        check(f"temperature {t}", ref.temperature(seen, t), side.numpy(side.sampling.temperature(side.array(x), t)), side)
+    assert np.array_equal(side.numpy(side.sampling.temperature(side.array(x), 0)), ref.temperature(seen, 0))
+    context = np.random.default_rng(1).integers(0, 11, size=(30, 7))  # with repeats
+    for penalty in (0.5, 1.3):
+        want = ref.repetition_penalty(seen, context, penalty)
+        got = side.numpy(side.sampling.repetition_penalty(side.array(x), side.array(context), penalty))
+        check(f"repetition_penalty {penalty}", want, got, side)
+        assert np.array_equal(np.isneginf(got), np.isneginf(want))
+    shared = np.array([0, 4, 4, 10])  # one context for every row
+    want = ref.repetition_penalty(seen, shared, 2.0)
+    check("repetition_penalty shared", want, side.numpy(side.sampling.repetition_penalty(side.array(x), side.array(shared), 2.0)), side)
+
+
+SPEC = {"repetition_penalty": {"context": [0, 2, 2, 5], "penalty": 1.2}, "temperature": 0.8,
+        "top_k": 12, "top_p": 0.95, "min_p": 0.01, "typical": 0.97, "epsilon": 1e-4, "eta": 1e-4}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "inf_heavy"])
+def test_apply_then_sample_gives_the_same_token(side, kind):
+    """The whole chain then inverse-CDF sampling: the same token from the same u, except
+    where u lies within 1e-12 of a cdf boundary; in float64 also the same logits."""
+    rng = np.random.default_rng(20 + KINDS.index(kind))
+    x = _kinds(rng, B=200, V=13)[kind]
+    u = rng.random(200)
+    spec = dict(SPEC, repetition_penalty={"context": np.array([0, 2, 2, 5]), "penalty": 1.2})
+    # the chain is not continuous: judge the fast side on the logits it holds after each step
+    seen = _seen(side, x)
+    want_logits = ref.apply(seen, spec)
+    got_logits_t = side.sampling.apply(side.array(x), spec)
+    got_logits = side.numpy(got_logits_t)
+    if side.dtype == "float64":
+        assert np.array_equal(np.isneginf(got_logits), np.isneginf(want_logits))
+        check("apply", want_logits, got_logits, side)
+    want = ref.sample(got_logits, u)  # the reference's token for the logits the backend produced
+    got = side.numpy(side.sampling.sample(got_logits_t, side.array(u, dtype=_f64())))
+    margin = np.min(np.abs(np.cumsum(ref.probs(got_logits), axis=-1) - u[:, None]), axis=-1)
+    assert np.array_equal(got[margin >= 1e-12], want[margin >= 1e-12])
+    assert (margin >= 1e-12).sum() >= 195
+    if side.dtype == "float64":
+        assert np.array_equal(got[margin >= 1e-12], ref.sample(want_logits, u)[margin >= 1e-12])
+
+
+def test_chain_drives_generate(side):
+    """chain(spec) as generate's processors: the same tokens as the reference (float64)."""
+    if side.dtype != "float64":
+        pytest.skip("token identity is judged in float64 (low precision: compare_tokens in test_gpt)")
+    from reference import gpt as ref_gpt
+
+    config = ref_gpt.Config(vocab_size=11, block_size=12, n_layer=1, n_head=2, n_embd=8)
+    params = ref_gpt.random_params(config, np.random.default_rng(0))
+    prompt = np.array([[1, 2, 3], [4, 4, 4]])
+    u = np.random.default_rng(1).random((2, 6))
+    spec = {"temperature": 0.7, "top_k": 5, "top_p": 0.9}
+    want = ref_gpt.generate(params, config, prompt, 6, processors=ref.chain(spec), u=u)
+    got = side.generate(side.params(params), config, prompt, 6, u=side.array(u, dtype=_f64()),
+                        processors=side.sampling.chain(spec))  # fmt: skip
+    assert np.array_equal(got, want)
+
+
+BAD_ARGS = [
+    ("temperature", {"t": -0.5}, "t"),
+    ("temperature", {"t": float("nan")}, "t"),
+    ("top_k", {"k": 0}, "k"),
+    ("top_k", {"k": 2.5}, "k"),
+    ("top_p", {"p": 0.0}, "p"),
+    ("top_p", {"p": 1.5}, "p"),
+    ("top_p", {"p": 0.5, "min_tokens_to_keep": 0}, "min_tokens_to_keep"),
+    ("typical", {"mass": 0.0}, "mass"),
+    ("min_p", {"p": -0.1}, "p"),
+    ("epsilon", {"eps": 1.0}, "eps"),
+    ("eta", {"eps": 0.0}, "eps"),
+    ("repetition_penalty", {"context": [0, 1], "penalty": 0.0}, "penalty"),
+    ("repetition_penalty", {"context": [0, 3], "penalty": 1.5}, "context"),
+    ("repetition_penalty", {"context": [-1], "penalty": 1.5}, "context"),
+    ("repetition_penalty", {"context": [0.5], "penalty": 1.5}, "context"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,arg", BAD_ARGS, ids=lambda a: str(a).replace(" ", ""))
+def test_same_errors_for_bad_arguments(side, name, kwargs, arg):
+    x = np.zeros((2, 3))
+    kw = dict(kwargs)
+    with pytest.raises(ValueError, match=f"^{arg}:"):
+        getattr(ref, name)(x, **kw)
+    if "context" in kw:
+        kw["context"] = side.array(np.asarray(kw["context"]))
+    with pytest.raises(ValueError, match=f"^{arg}:"):
+        getattr(side.sampling, name)(side.array(x), **kw)
+
+
+@pytest.mark.parametrize("name,kwargs", [(n, k) for n, k in FILTERS[::3]] + [("temperature", {"t": 0.5})])
+def test_processors_reject_nan_logits(side, name, kwargs):
+    x = np.array([[0.0, np.nan, 1.0]])
+    with pytest.raises(ValueError, match="^logits:"):
+        getattr(ref, name)(x, **kwargs)
+    with pytest.raises(ValueError, match="^logits:"):
+        getattr(side.sampling, name)(side.array(x), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(9,), (1, 9), (2, 3, 9)], ids=str)
+def test_processors_on_any_leading_shape(side, shape):
+    x = np.round(np.random.default_rng(3).normal(0.0, 2.0, size=shape))  # with ties
+    x[..., 4] = -np.inf
+    seen = _seen(side, x)
+    for name, kwargs in FILTERS[::2] + [("temperature", {"t": 0})]:
+        got = side.numpy(getattr(side.sampling, name)(side.array(x), **kwargs))
+        assert got.shape == shape
+        assert np.array_equal(got, getattr(ref, name)(seen, **kwargs)), (name, kwargs)
+    context = np.array([0, 4, 8, 8])
+    got = side.numpy(side.sampling.repetition_penalty(side.array(x), side.array(context), 1.5))
+    check("repetition_penalty", ref.repetition_penalty(seen, context, 1.5), got, side)

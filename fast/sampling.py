@@ -6,6 +6,9 @@ over any leading shape:
     probs(logits)      p = softmax(logits)                          float64
     greedy(logits)     argmax, the first index on ties              int64
     sample(logits, u)  the smallest i with c_i > u, c = cumsum(p)   int64 (inverse CDF)
+    temperature, top_k, top_p, typical, min_p, epsilon, eta, repetition_penalty,
+    keep_* (kept sets), apply, chain: the logits processors, batched without
+    per-row loops, with exactly the reference's kept sets (decided in float64)
 
 Precision. Whatever the dtype of the logits (bfloat16, float32, float64), the
 probabilities and their cumulative sum are computed in float64, with the
@@ -18,7 +21,11 @@ not one distorted by a low-precision softmax.
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from reference import sampling as _ref
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -129,3 +136,212 @@ def _inverse_cdf(logits: torch.Tensor, u: torch.Tensor):
     positions = torch.arange(V, device=p.device)  # (V,)
     last_nonzero = torch.where(p > 0, positions, 0).amax(dim=-1)  # (...)
     return torch.where(none_above, last_nonzero, first_above), m
+
+
+# ----------------------------------------------------------------------------- logits processors
+#
+# Twins of reference.sampling's processors, batched over any leading shape with
+# no per-row loop. The kept sets are decided with the reference's arithmetic:
+# probabilities, masses and entropies in float64 whatever the logits' dtype, the
+# same tolerance MASS_RTOL, the same tie rules. Kept entries are returned
+# unchanged, in the logits' own dtype; removed ones are -inf.
+
+MASS_RTOL = _ref.MASS_RTOL
+ORDER = _ref.ORDER
+_check_unit = _ref._check_unit
+_check_count = _ref._check_count
+
+
+def _filter(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(~keep, -torch.inf)
+
+
+def _checked(logits) -> torch.Tensor:
+    logits = _as_tensor(logits, "logits")
+    check_logits(logits)
+    return logits
+
+
+def keep_top_k(logits, k, min_tokens_to_keep=1) -> torch.Tensor:
+    """logit_i >= the k'-th largest logit of its row, k' = max(k, min_tokens_to_keep)
+    (ties kept); k' >= V keeps all."""
+    logits = _checked(logits)
+    k = max(_check_count(k, "k"), _check_count(min_tokens_to_keep, "min_tokens_to_keep"))
+    V = logits.shape[-1]
+    if k >= V:
+        return torch.ones(logits.shape, dtype=torch.bool, device=logits.device)
+    kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
+    return logits >= kth_largest
+
+
+def _at_least(logits, keep, min_tokens_to_keep):
+    n = _check_count(min_tokens_to_keep, "min_tokens_to_keep")
+    return keep | keep_top_k(logits, n)
+
+
+def _mass_before(key: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """For each token, the total p of the tokens whose key is strictly smaller, (..., V).
+
+    As the reference: p accumulated in stable key order (smallest key first), read
+    in front of the first token of each tie group.
+    """
+    sorted_key, order = torch.sort(key, dim=-1, stable=True)  # (..., V)
+    cum = torch.cumsum(p.gather(-1, order), dim=-1)  # (..., V)
+    in_front = torch.cat([torch.zeros_like(cum[..., :1]), cum], dim=-1)  # (..., V+1)
+    first_of_tie = torch.searchsorted(sorted_key.contiguous(), key.contiguous(), side="left")  # (..., V)
+    return in_front.gather(-1, first_of_tie)
+
+
+def _reaches(mass, target):
+    return mass >= target * (1 - MASS_RTOL)
+
+
+def keep_top_p(logits, p, min_tokens_to_keep=1) -> torch.Tensor:
+    """Kept iff the mass of the strictly more probable tokens has not reached p (reference.sampling.keep_top_p)."""
+    logits = _checked(logits)
+    p = _check_unit(p, "p")
+    prob = _probs(logits)[0]  # (..., V) float64
+    keep = prob > 0 if p == 1 else ~_reaches(_mass_before(-prob, prob), p)
+    return _at_least(logits, keep, min_tokens_to_keep)
+
+
+def _entropy_and_log_probs(logits: torch.Tensor):
+    """(H (..., 1), log p (..., V)) in float64, by the reference's formulas."""
+    x = logits.to(torch.float64)
+    m = x.amax(dim=-1, keepdim=True)
+    e = torch.exp(x - m)
+    log_p = (x - m) - torch.log(e.sum(dim=-1, keepdim=True))
+    p = e / e.sum(dim=-1, keepdim=True)
+    terms = torch.where(p > 0, p * torch.where(p > 0, log_p, 0.0), 0.0)
+    return -terms.sum(dim=-1, keepdim=True), log_p
+
+
+def keep_typical(logits, mass, min_tokens_to_keep=1) -> torch.Tensor:
+    """Kept iff the mass of the tokens with a strictly smaller |H + log p| has not reached
+    mass; then the min_tokens_to_keep best-scored tokens (ties kept)."""
+    logits = _checked(logits)
+    mass = _check_unit(mass, "mass")
+    n = _check_count(min_tokens_to_keep, "min_tokens_to_keep")
+    prob = _probs(logits)[0]
+    H, log_p = _entropy_and_log_probs(logits)
+    score = torch.abs(H + log_p)  # (..., V), +inf where p = 0
+    keep = prob > 0 if mass == 1 else ~_reaches(_mass_before(score, prob), mass)
+    k = min(n, score.shape[-1])
+    nth_best = torch.sort(score, dim=-1).values[..., k - 1 : k]  # (..., 1)
+    return keep | (score <= nth_best)
+
+
+def keep_min_p(logits, p, min_tokens_to_keep=1) -> torch.Tensor:
+    """x_i - max_j x_j >= log p, i.e. p_i >= p * max_j p_j (decided in float64)."""
+    logits = _checked(logits)
+    p = _check_unit(p, "p")
+    x = logits.to(torch.float64)
+    keep = (x - x.amax(dim=-1, keepdim=True)) >= math.log(p)
+    return _at_least(logits, keep, min_tokens_to_keep)
+
+
+def keep_epsilon(logits, eps, min_tokens_to_keep=1) -> torch.Tensor:
+    """p_i >= eps, eps in (0, 1)."""
+    logits = _checked(logits)
+    eps = _check_unit(eps, "eps", closed_high=False)
+    return _at_least(logits, _probs(logits)[0] >= eps, min_tokens_to_keep)
+
+
+def keep_eta(logits, eps, min_tokens_to_keep=1) -> torch.Tensor:
+    """p_i >= min(eps, sqrt(eps) * exp(-H)), eps in (0, 1)."""
+    logits = _checked(logits)
+    eps = _check_unit(eps, "eps", closed_high=False)
+    H, _ = _entropy_and_log_probs(logits)
+    eta_ = torch.clamp(math.sqrt(eps) * torch.exp(-H), max=eps)  # (..., 1)
+    return _at_least(logits, _probs(logits)[0] >= eta_, min_tokens_to_keep)
+
+
+def temperature(logits, t) -> torch.Tensor:
+    """logits / t for t > 0; t = 0 keeps only the first argmax; t < 0 raises."""
+    logits = _checked(logits)
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ValueError(f"t: expected a number >= 0, got {t!r}") from None
+    if not t >= 0 or t == math.inf:
+        raise ValueError(f"t: expected a finite number >= 0, got {t!r}")
+    if t == 0:
+        positions = torch.arange(logits.shape[-1], device=logits.device)
+        return _filter(logits, positions == torch.argmax(logits, dim=-1, keepdim=True))
+    return logits / t
+
+
+def top_k(logits, k, min_tokens_to_keep=1) -> torch.Tensor:
+    return _filter(_as_tensor(logits, "logits"), keep_top_k(logits, k, min_tokens_to_keep))
+
+
+def top_p(logits, p, min_tokens_to_keep=1) -> torch.Tensor:
+    return _filter(_as_tensor(logits, "logits"), keep_top_p(logits, p, min_tokens_to_keep))
+
+
+def typical(logits, mass, min_tokens_to_keep=1) -> torch.Tensor:
+    return _filter(_as_tensor(logits, "logits"), keep_typical(logits, mass, min_tokens_to_keep))
+
+
+def min_p(logits, p, min_tokens_to_keep=1) -> torch.Tensor:
+    return _filter(_as_tensor(logits, "logits"), keep_min_p(logits, p, min_tokens_to_keep))
+
+
+def epsilon(logits, eps, min_tokens_to_keep=1) -> torch.Tensor:
+    return _filter(_as_tensor(logits, "logits"), keep_epsilon(logits, eps, min_tokens_to_keep))
+
+
+def eta(logits, eps, min_tokens_to_keep=1) -> torch.Tensor:
+    return _filter(_as_tensor(logits, "logits"), keep_eta(logits, eps, min_tokens_to_keep))
+
+
+def repetition_penalty(logits, context, penalty) -> torch.Tensor:
+    """x/penalty where x > 0, x*penalty where x < 0, for each distinct context token (once)."""
+    logits = _checked(logits)
+    try:
+        penalty = float(penalty)
+    except (TypeError, ValueError):
+        raise ValueError(f"penalty: expected a number > 0, got {penalty!r}") from None
+    if not (penalty > 0 and penalty < math.inf):
+        raise ValueError(f"penalty: expected a finite number > 0, got {penalty!r}")
+    context = torch.as_tensor(context, device=logits.device)
+    if context.is_floating_point() or context.is_complex() or context.dtype == torch.bool:
+        raise ValueError(f"context: expected integer token ids, got dtype {context.dtype}")
+    lead = tuple(logits.shape[:-1])
+    if context.ndim == 1:
+        context = context.expand(lead + tuple(context.shape))
+    if tuple(context.shape[:-1]) != lead:
+        raise ValueError(f"context: expected shape {lead + ('T',)} or (T,), got {tuple(context.shape)}")
+    V = logits.shape[-1]
+    outside = (context < 0) | (context >= V)
+    if context.numel() and bool(outside.any()):
+        raise ValueError(f"context: expected token ids in [0, {V}), got {int(context[outside][0])}")
+    seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    seen.scatter_(-1, context.to(torch.int64), True)  # distinct tokens: each penalized once
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+PROCESSORS = {
+    "repetition_penalty": repetition_penalty,
+    "temperature": temperature,
+    "top_k": top_k,
+    "top_p": top_p,
+    "min_p": min_p,
+    "typical": typical,
+    "epsilon": epsilon,
+    "eta": eta,
+}
+
+
+def chain(processors):
+    """As reference.sampling.chain, with these torch functions: callables for fast.gpt.generate."""
+    return _ref.chain(processors, table=PROCESSORS)
+
+
+def apply(logits, processors) -> torch.Tensor:
+    """Compose `processors` in the order ORDER (as reference.sampling.apply)."""
+    logits = _checked(logits)
+    for process in chain(processors):
+        logits = process(logits)
+    return logits

@@ -11,6 +11,7 @@ in float64.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 from fast import sampling as fast
 from reference import sampling as ref
-from reference.checks import assert_pure
+from reference.checks import assert_pure, sampler_goodness_of_fit
 
 
 @st.composite
@@ -83,3 +84,196 @@ def test_samplers_are_pure(x):
     xt, ut = torch.from_numpy(x), torch.from_numpy(u)
     for f, args in ((fast.probs, (xt,)), (fast.greedy, (xt,)), (fast.sample, (xt, ut))):
         assert_pure(f, *args)
+
+
+# ----------------------------------------------------------------------------- logits processors
+
+FILTERS = {
+    "top_k": ("k", st.integers(1, 10)),
+    "top_p": ("p", st.floats(0.01, 1.0)),
+    "typical": ("mass", st.floats(0.01, 1.0)),
+    "min_p": ("p", st.floats(0.01, 1.0)),
+    "epsilon": ("eps", st.floats(0.001, 0.6)),
+    "eta": ("eps", st.floats(0.001, 0.6)),
+}
+
+
+def _kept(name, x, **kwargs):
+    return getattr(ref, "keep_" + name)(x, **kwargs)
+
+
+@st.composite
+def filter_calls(draw):
+    name = draw(st.sampled_from(sorted(FILTERS)))
+    arg, values = FILTERS[name]
+    kwargs = {arg: draw(values), "min_tokens_to_keep": draw(st.integers(1, 3))}
+    return name, kwargs
+
+
+tie_heavy = st.one_of(
+    logits_rows(),
+    logits_rows().map(np.round),  # few distinct values: ties
+)
+
+
+@given(tie_heavy, filter_calls())
+def test_filters_give_a_distribution_and_leave_kept_logits_alone(x, call):
+    name, kwargs = call
+    out = getattr(ref, name)(x, **kwargs)
+    keep = _kept(name, x, **kwargs)
+    assert np.array_equal(out, np.where(keep, x, -np.inf))
+    ref.check_logits(out)  # every row keeps a finite entry
+    p = ref.probs(out)
+    np.testing.assert_allclose(p.sum(axis=-1), 1.0, rtol=0, atol=1e-12)
+    assert (p >= 0).all()
+    # the kept set holds the min_tokens_to_keep largest logits (typical: best-scored) -- at least that many
+    n = min(kwargs["min_tokens_to_keep"], x.shape[-1])
+    assert (keep.sum(axis=-1) >= n).all()
+
+
+@given(tie_heavy, filter_calls(), st.randoms(use_true_random=False))
+def test_filters_do_not_depend_on_token_order(x, call, random):
+    """Permuting the vocabulary permutes the kept set: no dependence on sort stability."""
+    name, kwargs = call
+    perm = list(range(x.shape[-1]))
+    random.shuffle(perm)
+    assert np.array_equal(_kept(name, x[:, perm], **kwargs), _kept(name, x, **kwargs)[:, perm])
+
+
+@given(tie_heavy, filter_calls())
+def test_fast_filters_keep_the_reference_sets(x, call):
+    name, kwargs = call
+    want = _kept(name, x, **kwargs)
+    got = getattr(fast, "keep_" + name)(torch.from_numpy(x), **kwargs).numpy()
+    assert np.array_equal(got, want)
+    assert np.array_equal(getattr(fast, name)(torch.from_numpy(x), **kwargs).numpy(), getattr(ref, name)(x, **kwargs))
+
+
+@given(tie_heavy, st.floats(0.01, 1.0), st.floats(0.01, 1.0), st.integers(1, 9), st.integers(1, 9))
+def test_nesting(x, a, b, k1, k2):
+    """Kept sets grow with p (top_p), mass (typical) and k (top_k); shrink with min_p's p
+    and epsilon's and eta's eps (eta = min(eps, sqrt(eps) exp(-H)) grows with eps)."""
+    lo, hi = min(a, b), max(a, b)
+    k1, k2 = min(k1, k2), max(k1, k2)
+    assert (ref.keep_top_p(x, lo) <= ref.keep_top_p(x, hi)).all()
+    assert (ref.keep_typical(x, lo) <= ref.keep_typical(x, hi)).all()
+    assert (ref.keep_top_k(x, k1) <= ref.keep_top_k(x, k2)).all()
+    assert (ref.keep_min_p(x, hi) <= ref.keep_min_p(x, lo)).all()
+    assert (ref.keep_epsilon(x, min(hi, 0.99)) <= ref.keep_epsilon(x, min(lo, 0.99))).all()
+    assert (ref.keep_eta(x, min(hi, 0.99)) <= ref.keep_eta(x, min(lo, 0.99))).all()
+
+
+@given(tie_heavy)
+def test_identities(x):
+    """top_p(1), typical(1) (on logits where no finite logit underflows), top_k(V),
+    temperature(1) return the logits unchanged."""
+    V = x.shape[-1]
+    for out in (ref.top_p(x, 1.0), ref.typical(x, 1.0), ref.top_k(x, V), ref.top_k(x, V + 5), ref.temperature(x, 1.0)):
+        assert np.array_equal(out, x)
+
+
+@given(tie_heavy)
+def test_top_p_keeps_the_smallest_top_set_reaching_p(x):
+    """For every p, top_p's kept set is the set of the most probable tokens, plus whole
+    tie groups: if token i is kept so is every more probable token, and removing the
+    least probable kept tie group leaves a mass below p."""
+    p = ref.probs(x)
+    for target in (0.2, 0.5, 0.9):
+        keep = ref.keep_top_p(x, target)
+        for b in range(x.shape[0]):
+            kept_min = p[b][keep[b]].min()
+            assert (keep[b] == (p[b] >= kept_min)).all()  # a top set with whole tie groups
+            assert p[b][p[b] > kept_min].sum() < target * (1 - ref.MASS_RTOL)
+
+
+def test_top_p_documented_example():
+    """[.3, .1, .1, .5] with p = .8 keeps exactly .5 and .3 (the mass .8 of the two
+    reaches p up to rounding), in the reference and in fast."""
+    x = np.log(np.array([[0.3, 0.1, 0.1, 0.5]]))
+    assert ref.keep_top_p(x, 0.8).tolist() == [[True, False, False, True]]
+    assert fast.keep_top_p(torch.from_numpy(x), 0.8).tolist() == [[True, False, False, True]]
+    assert ref.keep_top_p(x, 0.81).tolist() == [[True, True, True, True]]  # beyond rounding: the .1 tie group
+
+
+@given(logits_rows())
+def test_temperature_to_zero_converges_to_greedy(x):
+    """p(argmax) under temperature t grows as t falls, to >= 1 - V exp(-gap / t) on rows
+    with a unique maximum (gap: to the runner-up); t = 0 keeps exactly the first argmax."""
+    g = ref.greedy(x)
+    zero = ref.temperature(x, 0)
+    assert np.array_equal(np.isfinite(zero), np.arange(x.shape[1]) == g[:, None])
+    assert np.array_equal(ref.greedy(zero), g)
+    for b, row in enumerate(x):
+        finite = np.sort(row[np.isfinite(row)])
+        if finite.size < 2 or finite[-1] == finite[-2]:
+            continue
+        gap = finite[-1] - finite[-2]
+        previous = 0.0
+        for t in sorted({4.0, 1.0, 0.25, gap / 10, gap / 40}, reverse=True):
+            p_max = ref.probs(ref.temperature(row, t))[g[b]]
+            assert p_max >= previous - 1e-15
+            previous = p_max
+        assert ref.probs(ref.temperature(row, gap / 40))[g[b]] >= 1 - x.shape[1] * np.exp(-40.0)
+
+
+@given(logits_rows(), st.integers(0, 5).map(lambda s: np.random.default_rng(s)), st.floats(0.1, 3.0))
+def test_repetition_penalty_sign_rule(x, rng, penalty):
+    context = rng.integers(0, x.shape[1], size=(x.shape[0], 4))
+    out = ref.repetition_penalty(x, context, penalty)
+    for b in range(x.shape[0]):
+        for v in range(x.shape[1]):
+            if v in context[b]:
+                want = x[b, v] / penalty if x[b, v] > 0 else x[b, v] * penalty
+            else:
+                want = x[b, v]
+            assert out[b, v] == want or (np.isneginf(want) and np.isneginf(out[b, v]))
+    twice = np.concatenate([context, context], axis=1)  # each distinct token penalized once
+    assert np.array_equal(ref.repetition_penalty(x, twice, penalty), out)
+    assert np.array_equal(fast.repetition_penalty(torch.from_numpy(x), torch.from_numpy(context), penalty).numpy(), out)
+
+
+def test_apply_order_and_spec_forms():
+    """apply uses ORDER whatever the order given; dict, pairs and bare values agree; the
+    chain's partials are what generate takes."""
+    x = np.random.default_rng(0).normal(0, 2, size=(3, 12))
+    by_hand = ref.top_p(ref.top_k(ref.temperature(x, 0.5), 6), 0.8)
+    assert np.array_equal(ref.apply(x, {"top_p": 0.8, "top_k": 6, "temperature": 0.5}), by_hand)
+    assert np.array_equal(ref.apply(x, [("top_k", {"k": 6}), ("top_p", {"p": 0.8}), ("temperature", 0.5)]), by_hand)
+    assert [f.func.__name__ for f in ref.chain({"eta": 0.1, "temperature": 2.0, "top_k": 3})] == ["temperature", "top_k", "eta"]
+    assert np.array_equal(fast.apply(torch.from_numpy(x), {"top_p": 0.8, "top_k": 6, "temperature": 0.5}).numpy(), by_hand)
+    for bad in ({"top_q": 0.5}, [("top_k",)], [("top_k", 2), ("top_k", 3)]):
+        try:
+            ref.apply(x, bad)
+        except ValueError as e:
+            assert str(e).startswith("processors:")
+        else:
+            raise AssertionError(f"accepted {bad}")
+
+
+SAMPLED = [
+    ("plain", {}),
+    ("top_p", {"top_p": 0.9}),
+    ("typical+temperature", {"temperature": 0.7, "typical": 0.8}),
+    ("min_p+top_k", {"top_k": 5, "min_p": 0.05}),
+]
+
+
+@pytest.mark.parametrize("label,spec", SAMPLED, ids=[s[0] for s in SAMPLED])
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_sampling_after_processors_follows_the_processed_distribution(impl, label, spec):
+    """u ~ U[0, 1) through inverse-CDF sampling passes a chi-square goodness-of-fit test
+    against probs of the processed logits (and never draws a removed token)."""
+    logits = np.array([1.0, -0.5, 2.0, 0.3, -np.inf, 0.9, -2.0, 1.7, 0.0, -1.0])
+    processed = ref.apply(logits[None], spec) if spec else logits[None]
+    target = ref.probs(processed)[0]
+    seed = SAMPLED.index((label, spec))
+
+    def draw(n):
+        u = np.random.default_rng(seed).random(n)
+        rows = np.broadcast_to(processed, (n, logits.size))
+        if impl == "fast":
+            return fast.sample(torch.from_numpy(np.ascontiguousarray(rows)), torch.from_numpy(u)).numpy()
+        return ref.sample(rows, u)
+
+    result = sampler_goodness_of_fit(draw, target, 3000, alpha=1e-3)
+    assert result.passed, str(result)

@@ -504,3 +504,59 @@ def test_finite_difference_grad_is_accurate_and_leaves_params_alone():
         checks.finite_difference_grad(f, params, "v", (0, 0))
     with pytest.raises(ValueError, match="index"):
         checks.finite_difference_grad(f, params, "w", (0,))
+
+
+# ----------------------------------------------------------------------------- sampler_goodness_of_fit
+
+
+def _sampler(logits, seed, bias=None):
+    """The reference inverse-CDF sampler on n copies of one row of logits; `bias`, if
+    given, distorts the uniforms (a realistic bug: u**bias instead of u)."""
+    from reference import sampling
+
+    def draw(n):
+        u = np.random.default_rng(seed).random(n)
+        if bias is not None:
+            u = u**bias
+        return sampling.sample(np.broadcast_to(logits, (n, logits.size)), u)
+
+    return draw
+
+
+def test_sampler_goodness_of_fit_passes_a_correct_sampler_and_fails_biased_ones():
+    from reference import sampling
+
+    logits = np.array([0.0, 1.0, -np.inf, 2.0, -3.0, 0.5, -6.0, -7.0])  # rare tokens get pooled
+    p = sampling.probs(logits)
+    good = checks.sampler_goodness_of_fit(_sampler(logits, 0), p, 4000, alpha=1e-3)
+    assert good.passed, str(good)
+    assert good.impossible == 0 and good.counts.sum() == 4000
+    # u**1.2: a total-variation error of about 4%
+    biased = checks.sampler_goodness_of_fit(_sampler(logits, 0, bias=1.2), p, 4000, alpha=1e-3)
+    assert not biased.passed and biased.p_value < 1e-3, str(biased)
+    assert "FAILED" in str(biased)
+    # off by one: the token after the right one (also draws the zero-probability token 2)
+    shifted = checks.sampler_goodness_of_fit(lambda n: (_sampler(logits, 1)(n) + 1) % 8, p, 4000)
+    assert not shifted.passed and shifted.impossible > 0
+    # argmax instead of sampling
+    greedy = checks.sampler_goodness_of_fit(lambda n: np.full(n, 3), p, 4000)
+    assert not greedy.passed
+
+
+def test_sampler_goodness_of_fit_catches_a_sampler_that_draws_a_zero_probability_token():
+    p = np.array([0.5, 0.5, 0.0])
+    # a sampler right on the two tokens but for one draw of the impossible token
+    result = checks.sampler_goodness_of_fit(lambda n: np.r_[np.arange(n - 1) % 2, 2], p, 1000)
+    assert result.impossible == 1 and not result.passed
+
+
+def test_sampler_goodness_of_fit_validates_its_arguments():
+    p = np.array([0.25, 0.75])
+    with pytest.raises(ValueError, match="probs"):
+        checks.sampler_goodness_of_fit(lambda n: np.zeros(n, int), np.array([0.5, 0.6]), 10)
+    with pytest.raises(ValueError, match="n"):
+        checks.sampler_goodness_of_fit(lambda n: np.zeros(n, int), p, 0)
+    with pytest.raises(ValueError, match="sample_fn"):
+        checks.sampler_goodness_of_fit(lambda n: np.full(n, 5), p, 10)
+    with pytest.raises(ValueError, match="sample_fn"):
+        checks.sampler_goodness_of_fit(lambda n: np.zeros(n - 1, int), p, 10)
