@@ -228,4 +228,4 @@ def run_topic(name: str, *, repeats: int | None = None, warmup: int | None = Non
 
 def load_topics() -> None:
     """Import the modules that register topics."""
-    from chainrule import bench_gpt  # noqa: F401
+    from chainrule import bench_gpt, bench_sampling  # noqa: F401

@@ -299,3 +299,21 @@ def test_processors_on_any_leading_shape(side, shape):
     context = np.array([0, 4, 8, 8])
     got = side.numpy(side.sampling.repetition_penalty(side.array(x), side.array(context), 1.5))
     check("repetition_penalty", ref.repetition_penalty(seen, context, 1.5), got, side)
+
+
+@pytest.mark.parametrize("first", [1, 2, 7])
+def test_mass_filters_searching_few_candidates_keep_the_same_sets(side, monkeypatch, first):
+    """fast's top_p / typical look for the crossing among the FIRST_CANDIDATES smallest keys,
+    then 4x as many for the rows that did not find it: the kept sets stay the reference's
+    whatever that first guess (tie groups split by the candidate boundary included)."""
+    if side.is_cupy:
+        pytest.skip("the candidate search is fast.sampling's")
+    monkeypatch.setattr(side.sampling, "FIRST_CANDIDATES", first)
+    for kind in KINDS:
+        x = _kinds(np.random.default_rng(30 + KINDS.index(kind)), B=12, V=59)[kind]
+        seen = _seen(side, x)
+        for name, arg in (("keep_top_p", "p"), ("keep_typical", "mass")):
+            for value in (0.05, 0.5, 0.9, 0.999):
+                want = getattr(ref, name)(seen, **{arg: value})
+                got = side.numpy(getattr(side.sampling, name)(side.array(x), **{arg: value}))
+                assert np.array_equal(got, want), (kind, name, value, np.argwhere(got != want)[:5])

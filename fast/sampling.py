@@ -77,10 +77,10 @@ def probs(logits: torch.Tensor) -> torch.Tensor:
 
 def _probs(logits: torch.Tensor):
     """(p, row max) in float64, unchecked: p = exp(x - m) / sum exp(x - m), m = max x."""
-    x = logits.to(torch.float64)  # (..., V)
+    x = logits.to(torch.float64, copy=True)  # (..., V) ours to overwrite: the same values, fewer buffers
     m = x.amax(dim=-1, keepdim=True)  # (..., 1)
-    e = torch.exp(x - m)  # (..., V)
-    return e / e.sum(dim=-1, keepdim=True), m[..., 0]
+    e = x.sub_(m).exp_()  # (..., V) exp(x - m)
+    return e.div_(e.sum(dim=-1, keepdim=True)), m[..., 0]
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,8 @@ _check_count = _ref._check_count
 
 
 def _filter(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return logits.masked_fill(~keep, -torch.inf)
+    """Kept entries unchanged, the others -inf (one pass: no inverted mask)."""
+    return torch.where(keep, logits, -torch.inf)
 
 
 def _checked(logits) -> torch.Tensor:
@@ -167,29 +168,67 @@ def keep_top_k(logits, k, min_tokens_to_keep=1) -> torch.Tensor:
     (ties kept); k' >= V keeps all."""
     logits = _checked(logits)
     k = max(_check_count(k, "k"), _check_count(min_tokens_to_keep, "min_tokens_to_keep"))
+    return _keep_top_k(logits, k)
+
+
+def _keep_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """keep_top_k on logits already checked."""
     V = logits.shape[-1]
     if k >= V:
         return torch.ones(logits.shape, dtype=torch.bool, device=logits.device)
+    if k == 1:  # the largest: a max, no selection
+        return logits >= logits.amax(dim=-1, keepdim=True)
     kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
     return logits >= kth_largest
 
 
 def _at_least(logits, keep, min_tokens_to_keep):
+    """keep | the min_tokens_to_keep largest logits (ties kept); `logits` already checked."""
     n = _check_count(min_tokens_to_keep, "min_tokens_to_keep")
-    return keep | keep_top_k(logits, n)
+    return keep | _keep_top_k(logits, n)
 
 
-def _mass_before(key: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """For each token, the total p of the tokens whose key is strictly smaller, (..., V).
+FIRST_CANDIDATES = 1024  # _kept_by_mass looks at this many smallest keys first, then 4x as many, ...
 
-    As the reference: p accumulated in stable key order (smallest key first), read
-    in front of the first token of each tie group.
+
+def _kept_by_mass(key: torch.Tensor, p: torch.Tensor, target: float) -> torch.Tensor:
+    """Kept iff the total p of the tokens whose key is strictly smaller has not reached
+    `target`: the reference's ~_reaches(_mass_before(key, p), target), the same mask,
+    without sorting whole rows.
+
+    The kept tokens are those in front of G, the first tie-group start (in stable key
+    order) whose mass in front has reached `target`; i.e. key <= the key just before G.
+    G is searched among the k smallest keys only (k = FIRST_CANDIDATES; the rows that
+    do not find it are searched again with 4x as many, up to V). The candidates are
+    put in the reference's order -- by key, ties by index -- so the masses in front of
+    every group start among them are the reference's sums, term for term: all tokens
+    with a key below the k-th smallest are candidates, and only group starts are read.
     """
-    sorted_key, order = torch.sort(key, dim=-1, stable=True)  # (..., V)
-    cum = torch.cumsum(p.gather(-1, order), dim=-1)  # (..., V)
-    in_front = torch.cat([torch.zeros_like(cum[..., :1]), cum], dim=-1)  # (..., V+1)
-    first_of_tie = torch.searchsorted(sorted_key.contiguous(), key.contiguous(), side="left")  # (..., V)
-    return in_front.gather(-1, first_of_tie)
+    V = key.shape[-1]
+    flat_key, flat_p = key.reshape(-1, V), p.reshape(-1, V)  # (N, V)
+    threshold = torch.empty_like(flat_key[:, :1])  # (N, 1) the key of the last kept token
+    rows = torch.arange(flat_key.shape[0], device=key.device)  # the rows still searching
+    k = min(V, FIRST_CANDIDATES)
+    while rows.numel():
+        every = rows.numel() == flat_key.shape[0]
+        row_key, row_p = (flat_key, flat_p) if every else (flat_key[rows], flat_p[rows])  # (n, V)
+        cand = torch.topk(row_key, k, dim=-1, largest=False, sorted=False).indices  # (n, k)
+        cand = torch.sort(cand, dim=-1).values  # index order: the stable sort below breaks ties by index
+        sorted_key, order = torch.sort(row_key.gather(-1, cand), dim=-1, stable=True)  # (n, k)
+        cum = torch.cumsum(row_p.gather(-1, cand.gather(-1, order)), dim=-1)  # (n, k)
+        in_front = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=-1)  # (n, k) mass in front of j
+        group_start = torch.ones_like(sorted_key, dtype=torch.bool)
+        group_start[:, 1:] = sorted_key[:, 1:] != sorted_key[:, :-1]
+        reached = group_start & _reaches(in_front, target)  # (n, k)
+        found = reached.any(dim=-1)  # (n,)
+        if k == V:  # every group start seen: rows where none reached keep everything
+            found = torch.ones_like(found)
+        first = torch.argmax(reached.to(torch.uint8), dim=-1)  # G (>= 1: nothing is in front of position 0)
+        last_kept = torch.where(reached.any(dim=-1), first - 1, k - 1)  # (n,)
+        threshold[rows[found]] = sorted_key.gather(-1, last_kept[:, None])[found]
+        rows = rows[~found]
+        k = min(V, 4 * k)
+    return (flat_key <= threshold).reshape(key.shape)
 
 
 def _reaches(mass, target):
@@ -201,19 +240,29 @@ def keep_top_p(logits, p, min_tokens_to_keep=1) -> torch.Tensor:
     logits = _checked(logits)
     p = _check_unit(p, "p")
     prob = _probs(logits)[0]  # (..., V) float64
-    keep = prob > 0 if p == 1 else ~_reaches(_mass_before(-prob, prob), p)
+    keep = prob > 0 if p == 1 else _kept_by_mass(-prob, prob, p)
     return _at_least(logits, keep, min_tokens_to_keep)
 
 
 def _entropy_and_log_probs(logits: torch.Tensor):
     """(H (..., 1), log p (..., V)) in float64, by the reference's formulas."""
-    x = logits.to(torch.float64)
+    return _entropy_log_probs_probs(logits)[:2]
+
+
+def _entropy_log_probs_probs(logits: torch.Tensor):
+    """(H, log p, p) in float64; p bit for bit as `_probs` computes it.
+
+    In place on fresh buffers (three (..., V) float64 tensors in all): the same
+    operations on the same values as the reference's formulas, with fewer passes."""
+    x = logits.to(torch.float64, copy=True)  # (..., V) ours to overwrite
     m = x.amax(dim=-1, keepdim=True)
-    e = torch.exp(x - m)
-    log_p = (x - m) - torch.log(e.sum(dim=-1, keepdim=True))
-    p = e / e.sum(dim=-1, keepdim=True)
-    terms = torch.where(p > 0, p * torch.where(p > 0, log_p, 0.0), 0.0)
-    return -terms.sum(dim=-1, keepdim=True), log_p
+    x_m = x.sub_(m)  # x - m
+    e = torch.exp(x_m)
+    total = e.sum(dim=-1, keepdim=True)
+    log_p = x_m.sub_(torch.log(total))  # (x - m) - log sum exp(x - m)
+    p = e.div_(total)  # exp(x - m) / sum exp(x - m)
+    terms = torch.mul(p, log_p).masked_fill_(p <= 0, 0.0)  # p log p, tokens of probability 0 contributing 0
+    return -terms.sum(dim=-1, keepdim=True), log_p, p
 
 
 def keep_typical(logits, mass, min_tokens_to_keep=1) -> torch.Tensor:
@@ -222,12 +271,11 @@ def keep_typical(logits, mass, min_tokens_to_keep=1) -> torch.Tensor:
     logits = _checked(logits)
     mass = _check_unit(mass, "mass")
     n = _check_count(min_tokens_to_keep, "min_tokens_to_keep")
-    prob = _probs(logits)[0]
-    H, log_p = _entropy_and_log_probs(logits)
+    H, log_p, prob = _entropy_log_probs_probs(logits)
     score = torch.abs(H + log_p)  # (..., V), +inf where p = 0
-    keep = prob > 0 if mass == 1 else ~_reaches(_mass_before(score, prob), mass)
+    keep = prob > 0 if mass == 1 else _kept_by_mass(score, prob, mass)
     k = min(n, score.shape[-1])
-    nth_best = torch.sort(score, dim=-1).values[..., k - 1 : k]  # (..., 1)
+    nth_best = torch.topk(score, k, dim=-1, largest=False).values[..., k - 1 : k]  # (..., 1) the k-th smallest
     return keep | (score <= nth_best)
 
 
@@ -235,8 +283,8 @@ def keep_min_p(logits, p, min_tokens_to_keep=1) -> torch.Tensor:
     """x_i - max_j x_j >= log p, i.e. p_i >= p * max_j p_j (decided in float64)."""
     logits = _checked(logits)
     p = _check_unit(p, "p")
-    x = logits.to(torch.float64)
-    keep = (x - x.amax(dim=-1, keepdim=True)) >= math.log(p)
+    x = logits.to(torch.float64, copy=True)  # ours to overwrite
+    keep = x.sub_(x.amax(dim=-1, keepdim=True)) >= math.log(p)  # x - max x >= log p
     return _at_least(logits, keep, min_tokens_to_keep)
 
 

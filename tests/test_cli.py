@@ -125,3 +125,37 @@ def test_unknown_backend_is_a_clear_error(capsys):
     assert cli.main(["verify", "--backend", "abacus-f128"]) == 2
     err = capsys.readouterr().err
     assert "unknown backend 'abacus-f128'" in err and "torch-cpu-f64" in err
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_verify_sampling_passes_with_its_rows(tmp_path):
+    out = tmp_path / "verify.json"
+    r = chainrule("verify", "--module", "sampling", "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["passed"] is True and all(row["module"] == "sampling" for row in doc["rows"])
+    for backend in ("torch-cpu-f64", "torch-cpu-f32"):
+        quantities = [row["quantity"] for row in doc["rows"] if row["backend"] == backend and row["status"] == "pass"]
+        for name in ("top_k", "top_p", "typical", "min_p", "epsilon", "eta"):
+            assert any(q.startswith(f"kept set {name}(") for q in quantities), (backend, name)
+        for q in ("temperature(", "repetition_penalty(", "sampled tokens after apply", "sampler goodness of fit"):
+            assert any(x.startswith(q) for x in quantities), (backend, q)
+    kept = [row for row in doc["rows"] if row["quantity"].startswith("kept set")]
+    assert all(row["bound"] == 0 for row in kept)
+
+
+def test_bench_sampling_quick_writes_json(tmp_path):
+    out = tmp_path / "sampling.json"
+    r = chainrule("bench", "sampling", "--quick", "--repeats", "1", "--warmup", "0", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["topic"] == "sampling" and doc["quick"] is True and doc["notes"]["shape"] == [4, 1009]
+    results = {res["processor"]: res for res in doc["notes"]["results"]}
+    assert {"top_k", "top_p", "typical", "min_p", "temperature"} <= set(results)
+    for name in ("top_k", "top_p", "typical", "min_p"):
+        assert results[name]["kept_sets_identical_to_reference"] is True, name  # what the diff tests enforce
+        assert results[name]["fast_s"] > 0 and results[name]["reference_s"] > 0
+    names = {t["name"] for t in doc["timings"]}
+    assert "fast.sampling.top_p" in names and "reference.sampling.top_p" in names
