@@ -47,7 +47,7 @@ def gpt_beam_search(params: dict, config, prompt, beam_width: int, max_new_token
     log_probs (B, R) float64, lengths (B, R) int64."""
     check_arguments(prompt, beam_width, max_new_tokens, eos, length_penalty, early_stopping,
                     num_return_sequences, pad, vocab_size=config.vocab_size)  # fmt: skip
-    params = fast_gpt._checked_params(params, config)
+    params = fast_gpt.checked_params(params, config)
     wte = params["wte"]
     device = wte.device
     N, W, R, V = int(max_new_tokens), int(beam_width), int(num_return_sequences), config.vocab_size

@@ -47,7 +47,7 @@ from reference.xp import is_cupy, to_numpy
 __all__ = [
     "Config", "param_shapes", "init", "check_params", "from_hf_gpt2", "to_hf_gpt2",
     "KVCache", "forward", "log_prob", "init_cache", "prefill", "step",
-    "generate", "greedy", "sample", "check_tokens",
+    "generate", "greedy", "sample", "check_tokens", "checked_params",
 ]  # fmt: skip
 
 ATTN_IMPLS = ("sdpa", "math")
@@ -57,7 +57,7 @@ _DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 # ----------------------------------------------------------------------------- validation
 
 
-def _checked_params(params, config: Config) -> dict:
+def checked_params(params, config: Config) -> dict:
     """params as a dict of torch tensors of one float dtype on one device; ValueError naming the key.
 
     NumPy params (or any non-torch arrays) are converted with `to_torch` to float64,
@@ -367,7 +367,7 @@ def forward(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") ->
     in the params' dtype. attn_impl: "sdpa" (fused) or "math" (explicit, same dtype).
     Differentiable with respect to params that require grad.
     """
-    params = _checked_params(params, config)
+    params = checked_params(params, config)
     _check_attn_impl(attn_impl)
     tokens = check_tokens(tokens, config, device=params["wte"].device)
     differentiable = _needs_grad(params)
@@ -384,7 +384,7 @@ def log_prob(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -
     tokens: (B, T) -> (B,), float64 for float64 params, else float32 (the logits are
     upcast to it before the log-softmax). Differentiable with respect to params.
     """
-    params = _checked_params(params, config)
+    params = checked_params(params, config)
     tokens = check_tokens(tokens, config, device=params["wte"].device)
     bos = torch.full((tokens.shape[0], 1), config.bos_token, dtype=torch.int64, device=tokens.device)
     logits = forward(params, config, torch.cat([bos, tokens[:, :-1]], dim=1), attn_impl=attn_impl)
@@ -451,7 +451,7 @@ def _empty_cache(config: Config, batch: int, max_len: int, dtype, device, zeros:
 
 def init_cache(params: dict, config: Config, batch: int, max_len: int | None = None) -> KVCache:
     """An empty KV cache for `batch` sequences of up to max_len (default block_size) positions."""
-    params = _checked_params(params, config)
+    params = checked_params(params, config)
     if not _is_int(batch) or batch < 1:
         raise ValueError(f"batch: expected a positive int, got {batch!r}")
     max_len = config.block_size if max_len is None else max_len
@@ -480,7 +480,7 @@ def prefill(params: dict, config: Config, cache: KVCache, tokens):
     Writes the chunk's keys and values into `cache` in place and returns that same
     object. Chunked prefill in any chunk sizes gives the logits of `forward`.
     """
-    params = _checked_params(params, config)
+    params = checked_params(params, config)
     _check_cache(cache, config, params)
     room = min(config.block_size, cache.max_len) - cache.length
     tokens = check_tokens(tokens, config, max_len=room, device=params["wte"].device)
@@ -515,7 +515,7 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     Returns (B, T0 + max_new_tokens) int64 on the params' device.
     T0 + max_new_tokens - 1 must not exceed block_size (the last token is never fed).
     """
-    params = _checked_params(params, config)
+    params = checked_params(params, config)
     if not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     N = int(max_new_tokens)
