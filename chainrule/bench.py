@@ -227,5 +227,12 @@ def run_topic(name: str, *, repeats: int | None = None, warmup: int | None = Non
 
 
 def load_topics() -> None:
-    """Import the modules that register topics."""
-    from chainrule import bench_gpt, bench_sampling  # noqa: F401
+    """Import every `chainrule/bench_*.py`: each registers its topics on import."""
+    import importlib
+    import pkgutil
+
+    import chainrule
+
+    for info in pkgutil.iter_modules(chainrule.__path__):
+        if info.name.startswith("bench_"):
+            importlib.import_module(f"chainrule.{info.name}")

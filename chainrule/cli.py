@@ -40,6 +40,8 @@ def _verify(args) -> int:
     from chainrule import verify
     from fast import backend as fb
 
+    verify.load_checks()
+
     if args.list:
         print("modules:  " + " ".join(verify.CHECKS))
         for b in fb.ALL_BACKENDS:

@@ -79,6 +79,18 @@ def register(module: str):
     return decorate
 
 
+def load_checks() -> None:
+    """Import every `chainrule/verify_*.py`: each registers its modules' checks on import
+    (the GPT and sampling checks live at the end of this file)."""
+    import pkgutil
+
+    import chainrule
+
+    for info in pkgutil.iter_modules(chainrule.__path__):
+        if info.name.startswith("verify_"):
+            importlib.import_module(f"chainrule.{info.name}")
+
+
 def _row(module: str, backend: str, result) -> Row:
     passed = bool(result.passed)
     note = getattr(result, "note", "")
@@ -96,6 +108,7 @@ def run(modules: Iterable[str] | None = None, backends: Iterable[str] | None = N
     """
     from fast import backend as fb
 
+    load_checks()
     modules = list(CHECKS) if modules is None else list(modules)
     for m in modules:
         if m not in CHECKS:
