@@ -5,6 +5,9 @@
         exit status 1 if any check fails.
     chainrule bench [TOPIC] [--repeats N] [--warmup N] [--out PATH] [--quick] [--list]
         timings of fast vs reference vs peers, side by side in one run; JSON out.
+    chainrule picture NAME PATH
+        draw a picture measured from the models (blind-spot: PixelCNN's receptive field
+        with its blind spot next to Gated PixelCNN's complete one) into a PNG.
 """
 
 from __future__ import annotations
@@ -28,7 +31,25 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", metavar="PATH", help="JSON output (default bench-results/TOPIC.json)")
     b.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     b.add_argument("--list", action="store_true", help="list topics, then exit")
+    pic = sub.add_parser("picture", help="draw a picture measured from the models into a PNG")
+    pic.add_argument("name", choices=sorted(PICTURES), help="which picture")
+    pic.add_argument("path", help="output PNG path")
     return p
+
+
+PICTURES = {"blind-spot": "blind_spot_picture"}  # name -> function of chainrule.pictures
+
+
+def _picture(args) -> int:
+    import os
+
+    from chainrule import pictures
+
+    folder = os.path.dirname(os.path.abspath(args.path))
+    if not os.path.isdir(folder):
+        return _error("picture", f"PATH: folder {folder!r} does not exist")
+    print(getattr(pictures, PICTURES[args.name])(args.path))
+    return 0
 
 
 def _error(command: str, message: str) -> int:
@@ -87,7 +108,7 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"verify": _verify, "bench": _bench}[args.command](args)
+    return {"verify": _verify, "bench": _bench, "picture": _picture}[args.command](args)
 
 
 if __name__ == "__main__":

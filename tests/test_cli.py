@@ -159,3 +159,11 @@ def test_bench_sampling_quick_writes_json(tmp_path):
         assert results[name]["fast_s"] > 0 and results[name]["reference_s"] > 0
     names = {t["name"] for t in doc["timings"]}
     assert "fast.sampling.top_p" in names and "reference.sampling.top_p" in names
+
+
+def test_picture_blind_spot(tmp_path, capsys):
+    path = tmp_path / "blind.png"
+    assert cli.main(["picture", "blind-spot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["picture", "blind-spot", str(tmp_path / "missing" / "x.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
