@@ -772,7 +772,9 @@ def _diff(a, b, path: str) -> str | None:
         if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
             return (f"{path}: shape/dtype/device {tuple(a.shape)} {a.dtype} {a.device} "
                     f"vs {tuple(b.shape)} {b.dtype} {b.device}")  # fmt: skip
-        ac, bc = a.detach().cpu().contiguous().reshape(-1), b.detach().cpu().contiguous().reshape(-1)
+        # a fresh dense copy: .contiguous() may keep a size-1 dimension's odd stride, which .view() refuses
+        ac = torch.empty_like(a, device="cpu", memory_format=torch.contiguous_format).copy_(a.detach()).reshape(-1)
+        bc = torch.empty_like(b, device="cpu", memory_format=torch.contiguous_format).copy_(b.detach()).reshape(-1)
         if not torch.equal(ac.view(torch.uint8), bc.view(torch.uint8)):
             an = ac.to(torch.float64).numpy() if ac.is_floating_point() else ac.numpy()
             bn = bc.to(torch.float64).numpy() if bc.is_floating_point() else bc.numpy()

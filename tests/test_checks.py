@@ -560,3 +560,9 @@ def test_sampler_goodness_of_fit_validates_its_arguments():
         checks.sampler_goodness_of_fit(lambda n: np.full(n, 5), p, 10)
     with pytest.raises(ValueError, match="sample_fn"):
         checks.sampler_goodness_of_fit(lambda n: np.zeros(n - 1, int), p, 10)
+
+
+def test_assert_pure_accepts_a_strided_one_element_tensor():
+    tokens = torch.arange(4).reshape(1, 4)
+    column = tokens[:, 0]  # shape (1,), stride (4,): a dense copy is needed to compare bytes
+    assert_pure(lambda t: t + 1, column)
