@@ -266,7 +266,7 @@ def discretized_logistic_mixture_sample(logit_weights, means, log_scales, u_comp
     logit_weights = _check_weights(logit_weights, means)
     u_component = _sampling.check_uniforms(u_component, means.shape[:-1], means.device, "u_component")
     u_value = _check_uniforms(u_value, means.shape[:-1], means.device, "u_value")
-    k = _sampling._inverse_cdf(logit_weights, u_component)[0]  # (...) logits checked above
+    k = _sampling.inverse_cdf(logit_weights, u_component)[0]  # (...) logits checked above
     return _logistic_sample(_pick(means, k), _pick(log_scales, k), u_value, levels)
 
 
@@ -332,7 +332,7 @@ def _rgb_sample(params, u_component, u_value, levels: int) -> torch.Tensor:
     dtype = compute_dtype(params["means"], params["log_scales"], params["coeffs"])
     means, log_scales, coeffs = (params[k].to(dtype) for k in ("means", "log_scales", "coeffs"))
     B, _, H, W, K = means.shape
-    k = _sampling._inverse_cdf(params["logit_weights"], u_component)[0]  # (B, H, W)
+    k = _sampling.inverse_cdf(params["logit_weights"], u_component)[0]  # (B, H, W)
     kk = k[:, None].expand(B, 3, H, W)
     m, ls, c = (_pick(a, kk) for a in (means, log_scales, coeffs))  # (B, 3, H, W)
     t = torch.tanh(c)

@@ -547,7 +547,7 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
             if u is None:
                 m, token = torch.max(logits, dim=-1)  # (B,), (B,): the first index on ties
             else:
-                token, m = sampling._inverse_cdf(logits, u[:, n])
+                token, m = sampling.inverse_cdf(logits, u[:, n])
             row_max[n].copy_(m)
             out.select(1, T0 + n).copy_(token)
             if n + 1 < N:

@@ -119,13 +119,15 @@ def sample(logits: torch.Tensor, u) -> torch.Tensor:
     logits = _as_tensor(logits, "logits")
     check_logits(logits)
     u = check_uniforms(u, logits.shape[:-1], logits.device)
-    return _inverse_cdf(logits, u)[0]
+    return inverse_cdf(logits, u)[0]
 
 
-def _inverse_cdf(logits: torch.Tensor, u: torch.Tensor):
-    """(tokens (...) int64, row max (...) float64) without validation or host sync.
+def inverse_cdf(logits: torch.Tensor, u: torch.Tensor):
+    """`sample` without validation or host sync, for generation loops that check once at the end:
+    -> (tokens (...) int64, row max (...) float64).
 
-    The row max lets a caller check the logits later (see `row_problem`).
+    The caller has checked `u` (a tensor on the logits' device); the row max lets it check
+    the logits later (see `row_problem`).
     """
     p, m = _probs(logits)  # (..., V), (...)
     cdf = torch.cumsum(p, dim=-1)  # (..., V) nondecreasing: p >= 0
@@ -393,3 +395,5 @@ def apply(logits, processors) -> torch.Tensor:
     for process in chain(processors):
         logits = process(logits)
     return logits
+
+_inverse_cdf = inverse_cdf  # TEMP-ALIAS
