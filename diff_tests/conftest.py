@@ -12,8 +12,6 @@ cannot run here is skipped with the reason `fast.backend.available` gives.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -24,10 +22,6 @@ from fast import sampling as fast_sampling
 from reference import gpt as ref_gpt
 from reference import sampling as ref_sampling
 from reference.checks import as_float64, assert_close, logits_through_cache, naive_float32
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # one process per core: no oversubscription
-
 
 # ----------------------------------------------------------------------------- backends
 
