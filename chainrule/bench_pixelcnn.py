@@ -7,6 +7,7 @@ pixelcnn   16 images, 28x28 grayscale over 256 levels, small widths (PixelCNN an
            image for each of the H W C entries), timed in the same run, both from the same
            uniforms; the samples must agree (float32 ties aside: the count of equal entries
            is reported). `--quick`: 4 images of 12x12.
+           PixelCNN++: 16 RGB images of 32x32 (chainrule.bench_pixelcnnpp).
 
 The topic runs every function of SAMPLING_CASES in turn: each takes the Run, times its
 contenders with `run.time`, and returns one summary row
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import numpy
 
 from chainrule.bench import Run, topic
+from chainrule.bench_pixelcnnpp import pixelcnnpp_case
 
 PIXELCNN_SIZE = dict(channels=1, height=28, width=28, levels=256, hidden=16, n_layers=4, kernel_size=3,
                      input_kernel=7)  # fmt: skip
@@ -66,10 +68,11 @@ def pixelcnn_sampling_case(run: Run, kind: str) -> list:
 SAMPLING_CASES: list[Callable[[Run], list]] = [
     lambda run: pixelcnn_sampling_case(run, "pixelcnn"),
     lambda run: pixelcnn_sampling_case(run, "gated"),
+    lambda run: pixelcnnpp_case(run, run.quick),
 ]
 
 
-@topic("pixelcnn", "image sampling: cached (Ramachandran et al. 2017) vs naive generation, 16 images 28x28",
+@topic("pixelcnn", "image sampling: cached (Ramachandran et al. 2017) vs naive generation: PixelCNN, Gated PixelCNN 28x28, PixelCNN++ 32x32",
        repeats=3)  # fmt: skip
 def bench_pixelcnn(run: Run) -> None:
     import torch

@@ -395,5 +395,3 @@ def apply(logits, processors) -> torch.Tensor:
     for process in chain(processors):
         logits = process(logits)
     return logits
-
-_inverse_cdf = inverse_cdf  # TEMP-ALIAS
