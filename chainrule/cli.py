@@ -8,12 +8,19 @@
     chainrule picture NAME PATH
         draw a picture measured from the models (blind-spot: PixelCNN's receptive field
         with its blind spot next to Gated PixelCNN's complete one) into a PNG.
+    chainrule train MODEL --data NAME [--config KEY=VALUE ...] [--steps N] [--out DIR]
+    chainrule sample DIR [--n N] [--processors ...] [--out PATH]
+    chainrule demo [--out DIR] [--quick]
+        the application layer (chainrule/cli_app.py): train a model on embedded data,
+        sample from a run, the five-minute tour.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from chainrule.cli_app import APP_COMMANDS, add_app_commands, run_app_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     pic = sub.add_parser("picture", help="draw a picture measured from the models into a PNG")
     pic.add_argument("name", choices=sorted(PICTURES), help="which picture")
     pic.add_argument("path", help="output PNG path")
+    add_app_commands(sub)
     return p
 
 
@@ -108,6 +116,8 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in APP_COMMANDS:
+        return run_app_command(args)
     return {"verify": _verify, "bench": _bench, "picture": _picture}[args.command](args)
 
 
