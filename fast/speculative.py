@@ -1,0 +1,264 @@
+"""Speculative decoding, fast: batched speculative generation with fast.gpt target and draft.
+
+The twin of reference/speculative.py, whose docstring carries the algorithm (Leviathan et al.
+2023; Chen et al. 2023), the degenerate cases and the uniform layout; read it first. Here:
+
+    generate(target, draft, prompt, k, max_new_tokens, rng=None, *, u=None, processors=())
+        target, draft: (params, config) of two fast.gpt models with one vocabulary;
+        prompt (B, T0) -> (tokens (B, T0 + max_new_tokens) int64, accepted (B, S) int64)
+
+Row b is, step for step, the reference's `generate(gpt_model(target), gpt_model(draft),
+prompt[b], k, max_new_tokens, u=u[b])`: the same uniform layout (u: (B, max_new_tokens, 2k + 1),
+step s of row b consumes u[b, s]), the same inverse-CDF and acceptance arithmetic in float64.
+accepted[b, s] is the number of draft tokens row b accepted at its step s (0..k), -1 after
+the row finished.
+
+How it runs:
+- Each step is k draft forwards (one token each, the first may carry one catch-up token, see
+  below) and ONE target forward over k + 1 positions (the last context token and the k drafts),
+  which yields p_1..p_{k+1} at once.
+- Both models' logits pass through the same `processors` (callables (M, V) -> (M, V) on rows of
+  logits, applied in order; the target's k + 1 positions are processed as k + 1 rows, so a
+  processor must act on each row alone: temperature, top_k, top_p, ... not repetition_penalty),
+  then become float64 probabilities, softmax(x - max x) computed in float64 (as fast.sampling
+  does, whatever the logits' dtype). The draft's q is exactly the processed
+  distribution its token was drawn from, and the same q enters the ratio p/q and the residual.
+- KV caches are preallocated (fast.gpt.KVCache) and *rolled back* on rejection by resetting a
+  length: positions past it are stale and are overwritten before they are read again.
+- Batch strategy: every row keeps its own context length (rows accept different numbers of
+  tokens). A forward writes row b's new keys/values at its own positions and masks attention per
+  row (keys at positions <= the query's); when all rows are at the same length (always for one
+  sequence) it runs fast.gpt's own shared-offset kernels. Rows run in lockstep; a finished row
+  idles (its results are discarded) until every row has max_new_tokens tokens.
+- The draft has not seen the last draft token x_k when all k were accepted (it was never fed);
+  the next step's first draft forward then feeds the last two context tokens as one chunk (for
+  rows that need only one, the earlier position is recomputed: the same keys and values up to
+  rounding).
+- One host synchronization per step: the acceptance counts decide the next positions. The logits
+  are validated once, after the loop (NaN, +inf, or a row entirely -inf after the processors
+  raise ValueError then, naming the model).
+
+Lengths: T0 + max_new_tokens + k - 1 <= block_size of both models (the last step's drafts and
+the target pass over them must fit, even when their tokens are cut off).
+"""
+
+from __future__ import annotations
+
+import numpy
+import torch
+import torch.nn.functional as F
+
+from fast import gpt, sampling
+from reference.speculative import acceptance_rate, expected_speedup, expected_tokens_per_step, uniforms_per_step
+
+__all__ = ["generate", "inverse_cdf", "residual", "acceptance_rate", "expected_tokens_per_step",
+           "expected_speedup", "uniforms_per_step"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- sampling arithmetic (reference's)
+
+
+def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """reference.speculative.inverse_cdf, batched: the smallest i with cumsum(w)_i > u * sum(w)
+    (the last i with w_i > 0 when rounding leaves none).  w: (..., V) >= 0, u: (...) -> (...) int64."""
+    c = torch.cumsum(w, dim=-1)  # (..., V) nondecreasing
+    first = torch.searchsorted(c, u[..., None] * c[..., -1:], right=True)[..., 0]  # (...) first c_i > u c_V; V if none
+    V = w.shape[-1]
+    last_nonzero = (V - 1) - torch.argmax(torch.flip(w > 0, dims=(-1,)).to(torch.uint8), dim=-1)  # (...)
+    return torch.where(first < V, first, last_nonzero)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """reference.speculative.residual, batched: max(0, p - q), or p where that row vanishes.  (..., V)."""
+    r = torch.clamp(p - q, min=0.0)
+    return torch.where((r.sum(dim=-1) > 0)[..., None], r, p)
+
+
+# ----------------------------------------------------------------------------- a GPT with per-row positions
+
+
+class _Model:
+    """A fast.gpt model, its KV cache, and forwards at per-row positions."""
+
+    def __init__(self, params, config, batch: int, max_len: int, processors, name: str):
+        self.params = gpt.checked_params(params, config)
+        self.config, self.name, self.processors = config, name, tuple(processors)
+        wte = self.params["wte"]
+        self.cache = gpt._empty_cache(config, batch, max_len, wte.dtype, wte.device)
+        self.logits_dtype = torch.float64 if wte.dtype == torch.float64 else torch.float32
+        self._nets = {}
+        self.rows = torch.arange(batch, device=wte.device)
+        self.row_max = []
+
+    def _net(self, rows: int):
+        mode = gpt._mode(self.params, rows, False)
+        if mode not in self._nets:
+            self._nets[mode] = gpt._network(self.params, self.config, mode)
+        return self._nets[mode]
+
+    def feed(self, tokens: torch.Tensor, lengths: numpy.ndarray, last_only: bool = False) -> torch.Tensor:
+        """Feed tokens (B, T), row b at positions lengths[b] .. lengths[b] + T - 1 (its cache holds the
+        positions before; these are written) -> logits (B, T, V) ((B, 1, V) with last_only)."""
+        B, T = tokens.shape
+        net = self._net(B * T)
+        if (lengths == lengths[0]).all():  # one offset for all rows: fast.gpt's own kernels
+            self.cache.length = int(lengths[0])
+            return gpt._run(net, tokens, self.cache, "sdpa", last_only=last_only)
+        return self._run_rows(net, tokens, lengths, last_only)
+
+    def probs(self, tokens: torch.Tensor, lengths: numpy.ndarray, last_only: bool = False) -> torch.Tensor:
+        """`feed`, then the processors, -> float64 probabilities (B, T, V) ((B, 1, V) with last_only)."""
+        B = tokens.shape[0]
+        logits = self.feed(tokens, lengths, last_only).to(self.logits_dtype)
+        V = logits.shape[-1]
+        flat = logits.reshape(-1, V)  # (B*T', V)
+        for process in self.processors:
+            flat = process(flat)
+        if not (isinstance(flat, torch.Tensor) and flat.is_floating_point() and flat.shape == (logits.numel() // V, V)):
+            raise ValueError(f"processors: expected floating logits of shape {(logits.numel() // V, V)}, got "
+                             f"{getattr(flat, 'shape', type(flat))}")  # fmt: skip
+        self.row_max.append(flat.amax(dim=-1))  # checked once, after the loop (no host sync here)
+        return torch.softmax(flat.to(torch.float64), dim=-1).view(B, -1, V)  # exp(x - max) / sum, float64
+
+    def check(self) -> None:
+        """ValueError if any logits fed to sampling held NaN/+inf or a row was entirely -inf."""
+        if self.row_max:
+            problem = sampling.row_problem(torch.cat([m.reshape(-1) for m in self.row_max]))
+            if problem:
+                raise ValueError(f"{self.name} logits: {problem} (after processors)")
+
+    def _run_rows(self, net, tokens, lengths, last_only):
+        """fast.gpt._run with row b's tokens at its own positions lengths[b] + t; attention masked per row."""
+        B, T = tokens.shape
+        config = self.config
+        nh, eps = config.n_head, config.layer_norm_eps
+        start = torch.as_tensor(lengths, device=tokens.device)
+        pos = start[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+        Tk = int(lengths.max()) + T
+        allowed = torch.arange(Tk, device=tokens.device)[None, None, :] <= pos[:, :, None]  # (B, T, Tk)
+        x = F.embedding(tokens, net.wte) + net.wpe[pos]  # (B, T, C)
+        C = x.shape[-1]
+        for layer, (k_cache, v_cache) in zip(net.layers, self.cache.layers):
+            h = F.layer_norm(x, (C,), *layer.ln_1, eps).reshape(B * T, C)
+            q, k, v = layer.qkv(h).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
+            k_cache[self.rows[:, None], :, pos] = k.transpose(1, 2)  # (B, T, nh, hs) at row b's positions
+            v_cache[self.rows[:, None], :, pos] = v.transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :Tk], v_cache[:, :, :Tk], attn_mask=allowed[:, None])
+            x = x + layer.proj(y.transpose(1, 2).reshape(B * T, C)).view(B, T, C)
+            h = F.layer_norm(x, (C,), *layer.ln_2, eps).reshape(B * T, C)
+            x = x + layer.fc_proj(layer.fc(h)).view(B, T, C)
+        if last_only:
+            x = x[:, -1:]
+        x = F.layer_norm(x, (C,), *net.ln_f, eps)
+        return net.head(x.reshape(-1, C)).view(B, x.shape[1], -1)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _pair(model, name: str):
+    if not (isinstance(model, (tuple, list)) and len(model) == 2 and isinstance(model[1], gpt.Config)):
+        raise ValueError(f"{name}: expected (params, config) of a GPT, got {type(model).__name__}")
+    return model
+
+
+def generate(target, draft, prompt, k: int, max_new_tokens: int, rng=None, *, u=None, processors=()):
+    """Batched speculative generation (module docstring) -> (tokens (B, T0 + N) int64, accepted (B, S) int64).
+
+    target, draft: (params, config) of fast.gpt models (same vocab_size, params on one device);
+    prompt: (B, T0) int, T0 >= 1; k >= 1 draft tokens per step; N = max_new_tokens.
+    Randomness: rng (a numpy Generator: u = rng.random((B, N, 2k + 1))) or explicit
+    u (B, N, 2k + 1) in [0, 1), the reference's layout per row.
+    """
+    (tp, tc), (dp, dc) = _pair(target, "target"), _pair(draft, "draft")
+    if tc.vocab_size != dc.vocab_size:
+        raise ValueError(f"draft: expected vocab_size {tc.vocab_size} (the target's), got {dc.vocab_size}")
+    if isinstance(k, bool) or not isinstance(k, (int, numpy.integer)) or k < 1:
+        raise ValueError(f"k: expected an int >= 1 (draft tokens per step), got {k!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    k, N = int(k), int(max_new_tokens)
+    tp = gpt.checked_params(tp, tc)
+    dp = gpt.checked_params(dp, dc)
+    device = tp["wte"].device
+    if dp["wte"].device != device:
+        raise ValueError(f"draft params: expected them on {device} (as the target's), got {dp['wte'].device}")
+    room = min(tc.block_size, dc.block_size)
+    prompt = gpt.check_tokens(prompt, tc, name="prompt", max_len=max(room + 1 - N - k, 0), device=device)
+    B, T0 = prompt.shape
+    if (rng is None) == (u is None):
+        raise ValueError("rng, u: expected exactly one of a numpy Generator and explicit uniforms")
+    if u is None:
+        if not isinstance(rng, numpy.random.Generator):
+            raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+        u = rng.random((B, N, 2 * k + 1))
+    u = sampling.check_uniforms(u, (B, N, 2 * k + 1), device)
+    if N == 0:
+        return prompt.clone(), torch.zeros((B, 0), dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        return _generate(tp, tc, dp, dc, prompt, k, N, u, processors)
+
+
+def _generate(tp, tc, dp, dc, prompt, k, N, u, processors):
+    B, T0 = prompt.shape
+    device = prompt.device
+    max_len = T0 + N + k - 1
+    T_, D_ = _Model(tp, tc, B, max_len, processors, "target"), _Model(dp, dc, B, max_len, processors, "draft")
+    out = torch.zeros((B, T0 + N + k + 1), dtype=torch.int64, device=device)  # room for a whole last block
+    out[:, :T0] = prompt
+    rows = torch.arange(B, device=device)
+    L = numpy.full(B, T0)  # context length per row
+    active = numpy.ones(B, dtype=bool)
+    accepted = numpy.full((B, N), -1, dtype=numpy.int64)
+    if T0 > 1:  # both caches hold every context position but the last
+        zeros = numpy.zeros(B, dtype=numpy.int64)
+        T_.feed(prompt[:, :-1], zeros, last_only=True)
+        D_.feed(prompt[:, :-1], zeros, last_only=True)
+    width, s = 1, 0  # width: context tokens the draft is fed first (2 after a fully accepted step)
+    steps_w = torch.arange(k + 1, device=device)
+    while active.any():
+        L_run = numpy.where(active, L, L[active].min())  # finished rows idle at a valid position
+        aligned = bool((L_run == L_run[0]).all())  # all rows at one length (always for one sequence)
+        idx = None if aligned else torch.as_tensor(L_run, device=device)
+        us = u[:, min(s, N - 1)]  # (B, 2k + 1) this step's uniforms (finished rows: ignored)
+        # draft k tokens, each from the processed q it is drawn from
+        if aligned:
+            feed = out[:, L_run[0] - width : L_run[0]]  # (B, width)
+        else:
+            feed = out.gather(1, idx[:, None] - width + steps_w[:width])  # (B, width)
+        q = D_.probs(feed, L_run - width, last_only=True)[:, 0]  # (B, V)
+        xs, qs = [], []
+        for i in range(k):
+            x = inverse_cdf(q, us[:, i])  # (B,)
+            xs.append(x)
+            qs.append(q)
+            if i + 1 < k:
+                q = D_.probs(x[:, None], L_run + i)[:, 0]
+        x, q = torch.stack(xs, dim=1), torch.stack(qs, dim=1)  # (B, k), (B, k, V)
+        # one target pass over the last context token and the k drafts: p_1 .. p_{k+1}
+        last = out[:, L_run[0] - 1 : L_run[0]] if aligned else out.gather(1, idx[:, None] - 1)  # (B, 1)
+        p = T_.probs(torch.cat([last, x], dim=1), L_run - 1)  # (B, k+1, V)
+        # accept x_i iff u < p_i(x_i) / q_i(x_i); a = the number accepted before the first rejection
+        ratio = p[:, :k].gather(2, x[:, :, None])[..., 0] / q.gather(2, x[:, :, None])[..., 0]  # (B, k)
+        ok = us[:, k : 2 * k] < ratio
+        a = torch.cumprod(ok.to(torch.int64), dim=1).sum(dim=1)  # (B,)
+        p_a = p[rows, a]  # (B, V)
+        q_a = q[rows, a.clamp(max=k - 1)]
+        w = torch.where((a == k)[:, None], p_a, residual(p_a, q_a))
+        y = inverse_cdf(w, us[:, 2 * k])  # (B,)
+        block = torch.cat([x, x[:, :1]], dim=1).scatter(1, a[:, None], y[:, None])  # (B, k+1): x_1..x_a, y, ...
+        a_host = a.cpu().numpy()  # the step's one host synchronization
+        if aligned and active.all():
+            out[:, L_run[0] : L_run[0] + k + 1] = block
+        else:  # each active row at its own columns
+            cols = torch.as_tensor(L_run, device=device)[:, None] + steps_w  # (B, k+1)
+            keep = ~torch.as_tensor(active, device=device)[:, None]
+            out.scatter_(1, cols, torch.where(keep, out.gather(1, cols), block))
+        accepted[active, s] = a_host[active]
+        width = 2 if (a_host[active] == k).any() else 1
+        L = numpy.where(active, L + a_host + 1, L)
+        active &= L - T0 < N
+        s += 1
+    T_.check()
+    D_.check()
+    return out[:, : T0 + N].clone(), torch.as_tensor(accepted[:, :s], device=device)
