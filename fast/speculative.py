@@ -28,8 +28,16 @@ How it runs:
 - Batch strategy: every row keeps its own context length (rows accept different numbers of
   tokens). A forward writes row b's new keys/values at its own positions and masks attention per
   row (keys at positions <= the query's); when all rows are at the same length (always for one
-  sequence) it runs fast.gpt's own shared-offset kernels. Rows run in lockstep; a finished row
-  idles (its results are discarded) until every row has max_new_tokens tokens.
+  sequence) it runs fast.gpt's own shared-offset kernels (a one-token draft step is exactly
+  fast.gpt's step; a multi-token pass writes the cache as fast.gpt does and slices its causal
+  mask from one triangle made once, not rebuilt in every layer). Rows run in lockstep; a
+  finished row idles (its results are discarded) until every row has max_new_tokens tokens.
+- Per-step cost beyond the k + 1 forwards (batch 1 of small models is bound by per-operation
+  overhead, so operations are counted): the drafts are written into the output in place and the
+  target pass reads them there; the acceptance test, the index a and the final token are a
+  few batched tensor operations with no loop over k (the bonus case is the residual against a
+  zero "q_{k+1}", which is p_{k+1} itself, so one draw covers both); the per-row bookkeeping
+  is plain Python on the one synchronized copy of the acceptance counts.
 - The draft has not seen the last draft token x_k when all k were accepted (it was never fed);
   the next step's first draft forward then feeds the last two context tokens as one chunk (for
   rows that need only one, the earlier position is recomputed: the same keys and values up to
@@ -60,17 +68,33 @@ __all__ = ["generate", "inverse_cdf", "residual", "acceptance_rate", "expected_t
 
 def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """reference.speculative.inverse_cdf, batched: the smallest i with cumsum(w)_i > u * sum(w)
-    (the last i with w_i > 0 when rounding leaves none).  w: (..., V) >= 0, u: (...) -> (...) int64."""
+    (the last i with w_i > 0 when rounding leaves none).  w: (..., V) >= 0, u: (...) -> (...) int64.
+
+    As min(first, last): with w >= 0 the cumsum is constant from the last positive w_i on, so
+    c_last = sum(w), and any first i with c_i > u sum(w) comes at or before it; no such i gives
+    V (searchsorted's "none"), and the minimum picks the last positive w_i. (A row with no positive
+    weight gives 0; probabilities from a softmax of finite logits always have one.)"""
     c = torch.cumsum(w, dim=-1)  # (..., V) nondecreasing
     first = torch.searchsorted(c, u[..., None] * c[..., -1:], right=True)[..., 0]  # (...) first c_i > u c_V; V if none
-    V = w.shape[-1]
-    last_nonzero = (V - 1) - torch.argmax(torch.flip(w > 0, dims=(-1,)).to(torch.uint8), dim=-1)  # (...)
-    return torch.where(first < V, first, last_nonzero)
+    positions, zero = _positions(w.shape[-1], w.device)
+    last_positive = torch.where(w > 0, positions, zero).amax(dim=-1)  # (...)
+    return torch.minimum(first, last_positive)
+
+
+_POSITIONS: dict = {}
+
+
+def _positions(V: int, device) -> tuple:
+    """(arange(V), 0) int64 on `device`, made once (never written)."""
+    key = (V, str(device))
+    if key not in _POSITIONS:
+        _POSITIONS[key] = torch.arange(V, device=device), torch.zeros((), dtype=torch.int64, device=device)
+    return _POSITIONS[key]
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """reference.speculative.residual, batched: max(0, p - q), or p where that row vanishes.  (..., V)."""
-    r = torch.clamp(p - q, min=0.0)
+    r = (p - q).clamp_(min=0.0)
     return torch.where((r.sum(dim=-1) > 0)[..., None], r, p)
 
 
@@ -86,39 +110,50 @@ class _Model:
         wte = self.params["wte"]
         self.cache = gpt._empty_cache(config, batch, max_len, wte.dtype, wte.device)
         self.logits_dtype = torch.float64 if wte.dtype == torch.float64 else torch.float32
-        self._nets = {}
+        self._nets = {}  # rows -> network, mode -> network
         self.rows = torch.arange(batch, device=wte.device)
         self.row_max = []
+        self.triangle = None
 
     def _net(self, rows: int):
-        mode = gpt._mode(self.params, rows, False)
-        if mode not in self._nets:
-            self._nets[mode] = gpt._network(self.params, self.config, mode)
-        return self._nets[mode]
+        """The network with fast.gpt's kernels for inputs of `rows` rows (made once per mode)."""
+        net = self._nets.get(rows)
+        if net is None:
+            mode = gpt._mode(self.params, rows, False)
+            net = self._nets[mode] = self._nets.get(mode) or gpt._network(self.params, self.config, mode)
+            self._nets[rows] = net
+        return net
 
-    def feed(self, tokens: torch.Tensor, lengths: numpy.ndarray, last_only: bool = False) -> torch.Tensor:
+    def feed(self, tokens: torch.Tensor, lengths, last_only: bool = False) -> torch.Tensor:
         """Feed tokens (B, T), row b at positions lengths[b] .. lengths[b] + T - 1 (its cache holds the
-        positions before; these are written) -> logits (B, T, V) ((B, 1, V) with last_only)."""
+        positions before; these are written) -> logits (B, T, V) ((B, 1, V) with last_only).
+        lengths: (B,) ints, or one int when every row is at the same position."""
         B, T = tokens.shape
         net = self._net(B * T)
-        if (lengths == lengths[0]).all():  # one offset for all rows: fast.gpt's own kernels
-            self.cache.length = int(lengths[0])
+        if not isinstance(lengths, int):
+            if not (lengths == lengths[0]).all():
+                return self._run_rows(net, tokens, lengths, last_only)
+            lengths = int(lengths[0])
+        if T == 1 or lengths == 0:  # fast.gpt's own kernels (one new position, or an empty cache)
+            self.cache.length = lengths
             return gpt._run(net, tokens, self.cache, "sdpa", last_only=last_only)
         return self._run_rows(net, tokens, lengths, last_only)
 
-    def probs(self, tokens: torch.Tensor, lengths: numpy.ndarray, last_only: bool = False) -> torch.Tensor:
+    def probs(self, tokens: torch.Tensor, lengths, last_only: bool = False) -> torch.Tensor:
         """`feed`, then the processors, -> float64 probabilities (B, T, V) ((B, 1, V) with last_only)."""
-        B = tokens.shape[0]
-        logits = self.feed(tokens, lengths, last_only).to(self.logits_dtype)
-        V = logits.shape[-1]
-        flat = logits.reshape(-1, V)  # (B*T', V)
-        for process in self.processors:
-            flat = process(flat)
-        if not (isinstance(flat, torch.Tensor) and flat.is_floating_point() and flat.shape == (logits.numel() // V, V)):
-            raise ValueError(f"processors: expected floating logits of shape {(logits.numel() // V, V)}, got "
-                             f"{getattr(flat, 'shape', type(flat))}")  # fmt: skip
+        logits = self.feed(tokens, lengths, last_only)
+        B, T, V = logits.shape
+        flat = logits.view(B * T, V)  # (B*T, V)
+        if flat.dtype != self.logits_dtype:
+            flat = flat.to(self.logits_dtype)
+        if self.processors:
+            for process in self.processors:
+                flat = process(flat)
+            if not (isinstance(flat, torch.Tensor) and flat.is_floating_point() and flat.shape == (B * T, V)):
+                raise ValueError(f"processors: expected floating logits of shape {(B * T, V)}, got "
+                                 f"{getattr(flat, 'shape', type(flat))}")  # fmt: skip
         self.row_max.append(flat.amax(dim=-1))  # checked once, after the loop (no host sync here)
-        return torch.softmax(flat.to(torch.float64), dim=-1).view(B, -1, V)  # exp(x - max) / sum, float64
+        return torch.softmax(flat, dim=-1, dtype=torch.float64).view(B, T, V)  # exp(x - max) / sum, float64
 
     def check(self) -> None:
         """ValueError if any logits fed to sampling held NaN/+inf or a row was entirely -inf."""
@@ -128,22 +163,37 @@ class _Model:
                 raise ValueError(f"{self.name} logits: {problem} (after processors)")
 
     def _run_rows(self, net, tokens, lengths, last_only):
-        """fast.gpt._run with row b's tokens at its own positions lengths[b] + t; attention masked per row."""
+        """fast.gpt._run with row b's tokens at positions lengths[b] + t, attention masked per row (keys at
+        positions <= the query's). lengths: (B,) ints, or one int P for all rows: then the cache is
+        written as fast.gpt does and the mask is a slice of one causal triangle, shared by every layer
+        (fast.gpt rebuilds it in each layer: a cost the k+1-position target pass pays at every step)."""
         B, T = tokens.shape
         config = self.config
         nh, eps = config.n_head, config.layer_norm_eps
-        start = torch.as_tensor(lengths, device=tokens.device)
-        pos = start[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
-        Tk = int(lengths.max()) + T
-        allowed = torch.arange(Tk, device=tokens.device)[None, None, :] <= pos[:, :, None]  # (B, T, Tk)
-        x = F.embedding(tokens, net.wte) + net.wpe[pos]  # (B, T, C)
+        if isinstance(lengths, int):
+            P = lengths
+            Tk = P + T
+            allowed = self._triangle()[P:Tk, :Tk]  # (T, Tk)
+            x = F.embedding(tokens, net.wte) + net.wpe[P:Tk]  # (B, T, C)
+        else:
+            P = None
+            start = torch.as_tensor(lengths, device=tokens.device)
+            pos = start[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+            Tk = int(lengths.max()) + T
+            keys = torch.arange(Tk, device=tokens.device)
+            allowed = (keys[None, None, :] <= pos[:, :, None])[:, None]  # (B, 1, T, Tk)
+            x = F.embedding(tokens, net.wte) + net.wpe[pos]  # (B, T, C)
         C = x.shape[-1]
         for layer, (k_cache, v_cache) in zip(net.layers, self.cache.layers):
             h = F.layer_norm(x, (C,), *layer.ln_1, eps).reshape(B * T, C)
             q, k, v = layer.qkv(h).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
-            k_cache[self.rows[:, None], :, pos] = k.transpose(1, 2)  # (B, T, nh, hs) at row b's positions
-            v_cache[self.rows[:, None], :, pos] = v.transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, k_cache[:, :, :Tk], v_cache[:, :, :Tk], attn_mask=allowed[:, None])
+            if P is not None:
+                k_cache.narrow(2, P, T).copy_(k)  # positions [P, P+T), in place
+                v_cache.narrow(2, P, T).copy_(v)
+            else:
+                k_cache[self.rows[:, None], :, pos] = k.transpose(1, 2)  # (B, T, nh, hs) at row b's positions
+                v_cache[self.rows[:, None], :, pos] = v.transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :Tk], v_cache[:, :, :Tk], attn_mask=allowed)
             x = x + layer.proj(y.transpose(1, 2).reshape(B * T, C)).view(B, T, C)
             h = F.layer_norm(x, (C,), *layer.ln_2, eps).reshape(B * T, C)
             x = x + layer.fc_proj(layer.fc(h)).view(B, T, C)
@@ -151,6 +201,14 @@ class _Model:
             x = x[:, -1:]
         x = F.layer_norm(x, (C,), *net.ln_f, eps)
         return net.head(x.reshape(-1, C)).view(B, x.shape[1], -1)
+
+    def _triangle(self) -> torch.Tensor:
+        """(max_len, max_len) bool, True where key position <= query position (made once)."""
+        if self.triangle is None:
+            n = self.cache.max_len
+            positions = torch.arange(n, device=self.rows.device)
+            self.triangle = positions[None, :] <= positions[:, None]
+        return self.triangle
 
 
 # ----------------------------------------------------------------------------- generation
@@ -201,63 +259,79 @@ def generate(target, draft, prompt, k: int, max_new_tokens: int, rng=None, *, u=
 
 def _generate(tp, tc, dp, dc, prompt, k, N, u, processors):
     B, T0 = prompt.shape
-    device = prompt.device
+    V, device = tc.vocab_size, prompt.device
     max_len = T0 + N + k - 1
     T_, D_ = _Model(tp, tc, B, max_len, processors, "target"), _Model(dp, dc, B, max_len, processors, "draft")
     out = torch.zeros((B, T0 + N + k + 1), dtype=torch.int64, device=device)  # room for a whole last block
     out[:, :T0] = prompt
-    rows = torch.arange(B, device=device)
-    L = numpy.full(B, T0)  # context length per row
-    active = numpy.ones(B, dtype=bool)
+    # per-row bookkeeping in plain Python (B is small; numpy's per-call cost dominates there)
+    L = [T0] * B  # context length per row
+    active = [True] * B
+    n_active = B
     accepted = numpy.full((B, N), -1, dtype=numpy.int64)
     if T0 > 1:  # both caches hold every context position but the last
-        zeros = numpy.zeros(B, dtype=numpy.int64)
-        T_.feed(prompt[:, :-1], zeros, last_only=True)
-        D_.feed(prompt[:, :-1], zeros, last_only=True)
+        T_.feed(prompt[:, :-1], 0, last_only=True)
+        D_.feed(prompt[:, :-1], 0, last_only=True)
     width, s = 1, 0  # width: context tokens the draft is fed first (2 after a fully accepted step)
     steps_w = torch.arange(k + 1, device=device)
-    while active.any():
-        L_run = numpy.where(active, L, L[active].min())  # finished rows idle at a valid position
-        aligned = bool((L_run == L_run[0]).all())  # all rows at one length (always for one sequence)
-        idx = None if aligned else torch.as_tensor(L_run, device=device)
-        us = u[:, min(s, N - 1)]  # (B, 2k + 1) this step's uniforms (finished rows: ignored)
+    no_q = torch.zeros((B, 1, V), dtype=torch.float64, device=device)  # "q_{k+1}": the residual there is p_{k+1}
+    u_draft, u_test, u_last = u[:, :, :k], u[:, :, k : 2 * k], u[:, :, 2 * k]  # the uniform layout, as views
+    while n_active:
+        if n_active == B:
+            L_run = L
+        else:  # finished rows idle at a valid position
+            idle = min(n for n, on in zip(L, active) if on)
+            L_run = [n if on else idle for n, on in zip(L, active)]
+        # P: the one context length of all rows (always for one sequence), else None (per-row positions)
+        P = L_run[0] if L_run.count(L_run[0]) == B else None
+        if P is None:
+            at = numpy.asarray(L_run)  # (B,)
+            idx = torch.as_tensor(at, device=device)
         # draft k tokens, each from the processed q it is drawn from
-        if aligned:
-            feed = out[:, L_run[0] - width : L_run[0]]  # (B, width)
+        if P is not None:
+            q = D_.probs(out[:, P - width : P], P - width, last_only=True)  # (B, 1, V)
         else:
-            feed = out.gather(1, idx[:, None] - width + steps_w[:width])  # (B, width)
-        q = D_.probs(feed, L_run - width, last_only=True)[:, 0]  # (B, V)
-        xs, qs = [], []
+            q = D_.probs(out.gather(1, idx[:, None] - width + steps_w[:width]), at - width, last_only=True)
+        qs, xs = [q], []
         for i in range(k):
-            x = inverse_cdf(q, us[:, i])  # (B,)
-            xs.append(x)
-            qs.append(q)
+            xs.append(inverse_cdf(q[:, 0], u_draft[:, s, i]))  # (B,)
             if i + 1 < k:
-                q = D_.probs(x[:, None], L_run + i)[:, 0]
-        x, q = torch.stack(xs, dim=1), torch.stack(qs, dim=1)  # (B, k), (B, k, V)
+                q = D_.probs(xs[-1][:, None], P + i if P is not None else at + i)  # (B, 1, V)
+                qs.append(q)
+        x = torch.stack(xs, dim=1)  # (B, k)
+        q = torch.cat(qs + [no_q], dim=1)  # (B, k+1, V): q_1 .. q_k, 0
         # one target pass over the last context token and the k drafts: p_1 .. p_{k+1}
-        last = out[:, L_run[0] - 1 : L_run[0]] if aligned else out.gather(1, idx[:, None] - 1)  # (B, 1)
-        p = T_.probs(torch.cat([last, x], dim=1), L_run - 1)  # (B, k+1, V)
+        in_place = P is not None and n_active == B
+        if in_place:
+            out[:, P : P + k] = x  # the drafts in place: x_1..x_a stay, the rest is overwritten later
+            p = T_.probs(out[:, P - 1 : P + k], P - 1)  # (B, k+1, V)
+        else:
+            last = out[:, P - 1 : P] if P is not None else out.gather(1, idx[:, None] - 1)  # (B, 1)
+            p = T_.probs(torch.cat([last, x], dim=1), P - 1 if P is not None else at - 1)  # (B, k+1, V)
         # accept x_i iff u < p_i(x_i) / q_i(x_i); a = the number accepted before the first rejection
-        ratio = p[:, :k].gather(2, x[:, :, None])[..., 0] / q.gather(2, x[:, :, None])[..., 0]  # (B, k)
-        ok = us[:, k : 2 * k] < ratio
-        a = torch.cumprod(ok.to(torch.int64), dim=1).sum(dim=1)  # (B,)
-        p_a = p[rows, a]  # (B, V)
-        q_a = q[rows, a.clamp(max=k - 1)]
-        w = torch.where((a == k)[:, None], p_a, residual(p_a, q_a))
-        y = inverse_cdf(w, us[:, 2 * k])  # (B,)
-        block = torch.cat([x, x[:, :1]], dim=1).scatter(1, a[:, None], y[:, None])  # (B, k+1): x_1..x_a, y, ...
-        a_host = a.cpu().numpy()  # the step's one host synchronization
-        if aligned and active.all():
-            out[:, L_run[0] : L_run[0] + k + 1] = block
-        else:  # each active row at its own columns
-            cols = torch.as_tensor(L_run, device=device)[:, None] + steps_w  # (B, k+1)
+        at_x = x[:, :, None]  # (B, k, 1): gathers from the first k positions of p and q
+        ratio = p.gather(2, at_x)[..., 0] / q.gather(2, at_x)[..., 0]  # (B, k)
+        a = torch.cumprod(u_test[:, s] < ratio, dim=1).sum(dim=1)  # (B,) int64
+        at_a = a.view(B, 1, 1).expand(B, 1, V)
+        # y from residual(p_a, q_a) = norm(max(0, p_a - q_a)), which is p_{k+1} itself when a = k (q = 0)
+        y = inverse_cdf(residual(p.gather(1, at_a)[:, 0], q.gather(1, at_a)[:, 0]), u_last[:, s])  # (B,)
+        if in_place:
+            out[:, P:].scatter_(1, a[:, None], y[:, None])  # y after x_1..x_a
+        else:  # each active row at its own columns: x_1..x_a, y
+            block = torch.cat([x, x[:, :1]], dim=1).scatter(1, a[:, None], y[:, None])  # (B, k+1)
+            cols = (idx if P is None else torch.full((B,), P, device=device))[:, None] + steps_w  # (B, k+1)
             keep = ~torch.as_tensor(active, device=device)[:, None]
             out.scatter_(1, cols, torch.where(keep, out.gather(1, cols), block))
-        accepted[active, s] = a_host[active]
-        width = 2 if (a_host[active] == k).any() else 1
-        L = numpy.where(active, L + a_host + 1, L)
-        active &= L - T0 < N
+        a_host = a.tolist()  # the step's one host synchronization
+        width = 1
+        for b in range(B):
+            if active[b]:
+                accepted[b, s] = a_host[b]
+                width = 2 if a_host[b] == k else width
+                L[b] += a_host[b] + 1
+                if L[b] - T0 >= N:
+                    active[b] = False
+                    n_active -= 1
         s += 1
     T_.check()
     D_.check()
