@@ -522,41 +522,21 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     wte = params["wte"]
     prompt = check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1), device=wte.device)
     B, T0 = prompt.shape
-    V = config.vocab_size
     if u is not None:
         u = sampling.check_uniforms(u, (B, N), wte.device)
     if N == 0:
         return prompt.clone()
-    logits_dtype = torch.float64 if wte.dtype == torch.float64 else torch.float32
     with torch.inference_mode():
         prefill_mode, step_mode = _mode(params, B * T0, False), _mode(params, B, False)
         net = _network(params, config, prefill_mode)
-        out = torch.empty((B, T0 + N), dtype=torch.int64, device=wte.device)  # (B, T0+N)
-        out[:, :T0] = prompt
-        row_max = torch.empty((N, B), dtype=torch.float64, device=wte.device)  # to validate the logits
         cache = _empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device, zeros=False)
         logits = _run(net, prompt, cache, "sdpa", last_only=True)[:, 0]  # (B, V)
         net = net if step_mode == prefill_mode else _network(params, config, step_mode)
-        for n in range(N):
-            logits = logits.to(logits_dtype)
-            for process in processors:
-                logits = process(logits)
-            if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (B, V)):
-                got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
-                raise ValueError(f"processors: expected floating logits of shape {(B, V)}, got {got}")
-            if u is None:
-                m, token = torch.max(logits, dim=-1)  # (B,), (B,): the first index on ties
-            else:
-                token, m = sampling.inverse_cdf(logits, u[:, n])
-            row_max[n].copy_(m)
-            out.select(1, T0 + n).copy_(token)
-            if n + 1 < N:
-                logits = _run(net, token[:, None], cache, "sdpa")[:, 0]  # (B, V)
-        bad = ~torch.isfinite(row_max).all(dim=1)  # (N,)
-        if bool(bad.any()):  # the one host sync of the loop
-            n = int(bad.nonzero()[0, 0])
-            raise ValueError(f"logits: {sampling.row_problem(row_max[n])} (generation step {n}, after processors)")
-    return out
+
+        def next_logits(tokens):  # (B,) -> (B, V), the KV cache advanced in place
+            return _run(net, tokens[:, None], cache, "sdpa")[:, 0]
+
+        return sampling.decode(logits, next_logits, prompt, N, processors=processors, u=u)
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

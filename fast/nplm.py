@@ -200,41 +200,22 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     C = params["C"]
     prompt = check_tokens(prompt, config, name="prompt", device=C.device)
     B, T0 = prompt.shape
-    V, k = config.vocab_size, config.context
+    k = config.context
     if u is not None:
         u = sampling.check_uniforms(u, (B, N), C.device)
     if N == 0:
         return prompt.clone()
-    logits_dtype = torch.float64 if C.dtype == torch.float64 else torch.float32
     with torch.inference_mode():
         UW = _output_weights(params, config)  # stacked once
-        out = torch.empty((B, T0 + N), dtype=torch.int64, device=C.device)
-        out[:, :T0] = prompt
-        row_max = torch.empty((N, B), dtype=torch.float64, device=C.device)
-        window = windows(config, prompt)[:, -1].clone()  # (B, k): the window after the prompt
-        logits = _logits(params, config, _features(params, config, window), "fused", UW)  # (B, V)
-        for n in range(N):
-            logits = logits.to(logits_dtype)
-            for process in processors:
-                logits = process(logits)
-            if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (B, V)):
-                got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
-                raise ValueError(f"processors: expected floating logits of shape {(B, V)}, got {got}")
-            if u is None:
-                m, token = torch.max(logits, dim=-1)  # the first index on ties
-            else:
-                token, m = sampling.inverse_cdf(logits, u[:, n])
-            row_max[n].copy_(m)
-            out.select(1, T0 + n).copy_(token)
-            if n + 1 < N:
-                if k:
-                    window = torch.cat([token[:, None], window[:, :-1]], dim=1)  # (B, k), most recent first
-                logits = _logits(params, config, _features(params, config, window), "fused", UW)
-        bad = ~torch.isfinite(row_max).all(dim=1)
-        if bool(bad.any()):
-            n = int(bad.nonzero()[0, 0])
-            raise ValueError(f"logits: {sampling.row_problem(row_max[n])} (generation step {n}, after processors)")
-    return out
+        window = [windows(config, prompt)[:, -1].clone()]  # (B, k): the window after the prompt
+
+        def next_logits(tokens):  # (B,) -> (B, V), the window shifted
+            if k:
+                window[0] = torch.cat([tokens[:, None], window[0][:, :-1]], dim=1)  # (B, k), most recent first
+            return _logits(params, config, _features(params, config, window[0]), "fused", UW)
+
+        logits = _logits(params, config, _features(params, config, window[0]), "fused", UW)  # (B, V)
+        return sampling.decode(logits, next_logits, prompt, N, processors=processors, u=u)
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

@@ -415,43 +415,24 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     wte = params["wte"]
     prompt = check_tokens(prompt, config, name="prompt", device=wte.device)
     B, T0 = prompt.shape
-    V = config.vocab_size
     if u is not None:
         u = sampling.check_uniforms(u, (B, N), wte.device)
     if N == 0:
         return prompt.clone()
-    logits_dtype = torch.float64 if wte.dtype == torch.float64 else torch.float32
     with torch.inference_mode():
         flat = _packed(_flat_weights(recurrent_params(params), config.n_layer, True), config)
-        out = torch.empty((B, T0 + N), dtype=torch.int64, device=wte.device)
-        out[:, :T0] = prompt
-        row_max = torch.empty((N, B), dtype=torch.float64, device=wte.device)
         h = c = _zeros(params, config, B)
         o, h, c = _fused(config.mode, flat, True, config.n_layer, F.embedding(prompt, wte), h, c)  # (B, T0, H)
         head_w, head_b = params["head.w"], params["head.b"]
+        state = [h, c]
+
+        def next_logits(tokens):  # (B,) -> (B, V), the recurrent state advanced
+            x = F.embedding(tokens, wte)[:, None]  # (B, 1, E)
+            o, state[0], state[1] = _fused(config.mode, flat, True, config.n_layer, x, *state)
+            return torch.addmm(head_b, o[:, 0], head_w)  # (B, V)
+
         logits = torch.addmm(head_b, o[:, -1], head_w)  # (B, V)
-        for n in range(N):
-            logits = logits.to(logits_dtype)
-            for process in processors:
-                logits = process(logits)
-            if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (B, V)):
-                got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
-                raise ValueError(f"processors: expected floating logits of shape {(B, V)}, got {got}")
-            if u is None:
-                m, token = torch.max(logits, dim=-1)  # the first index on ties
-            else:
-                token, m = sampling.inverse_cdf(logits, u[:, n])
-            row_max[n].copy_(m)
-            out.select(1, T0 + n).copy_(token)
-            if n + 1 < N:
-                x = F.embedding(token, wte)[:, None]  # (B, 1, E)
-                o, h, c = _fused(config.mode, flat, True, config.n_layer, x, h, c)
-                logits = torch.addmm(head_b, o[:, 0], head_w)  # (B, V)
-        bad = ~torch.isfinite(row_max).all(dim=1)
-        if bool(bad.any()):
-            n = int(bad.nonzero()[0, 0])
-            raise ValueError(f"logits: {sampling.row_problem(row_max[n])} (generation step {n}, after processors)")
-    return out
+        return sampling.decode(logits, next_logits, prompt, N, processors=processors, u=u)
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

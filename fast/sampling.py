@@ -140,6 +140,47 @@ def inverse_cdf(logits: torch.Tensor, u: torch.Tensor):
     return torch.where(none_above, last_nonzero, first_above), m
 
 
+
+# ----------------------------------------------------------------------------- the decoding loop
+
+
+def decode(logits: torch.Tensor, step, prompt: torch.Tensor, max_new_tokens: int, *, processors=(), u=None):
+    """reference.sampling.decode for the fast models' `generate`, without a host sync per token.
+
+    logits: (B, V) after the prompt (float64 for float64 models; anything else is processed in
+    float32); step(tokens (B,)) -> the next logits (B, V), advancing the model's cache in place;
+    prompt: (B, T0) checked int64 tokens; u: None or (B, N) uniforms already checked
+    (check_uniforms) on the logits' device. The logits are validated once, after the loop (the
+    loop's one host sync): a NaN or all -inf row raises ValueError naming the step.
+    Returns (B, T0 + N) int64: the prompt followed by the new tokens. Call under inference_mode.
+    """
+    B, T0 = prompt.shape
+    V, N = logits.shape[-1], int(max_new_tokens)
+    logits_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    out = torch.empty((B, T0 + N), dtype=torch.int64, device=logits.device)  # (B, T0+N)
+    out[:, :T0] = prompt
+    row_max = torch.empty((N, B), dtype=torch.float64, device=logits.device)  # to validate the logits
+    for n in range(N):
+        logits = logits.to(logits_dtype)
+        for process in processors:
+            logits = process(logits)
+        if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (B, V)):
+            got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
+            raise ValueError(f"processors: expected floating logits of shape {(B, V)}, got {got}")
+        if u is None:
+            m, token = torch.max(logits, dim=-1)  # (B,), (B,): the first index on ties
+        else:
+            token, m = inverse_cdf(logits, u[:, n])
+        row_max[n].copy_(m)
+        out.select(1, T0 + n).copy_(token)
+        if n + 1 < N:
+            logits = step(token)  # (B, V)
+    bad = ~torch.isfinite(row_max).all(dim=1)  # (N,)
+    if bool(bad.any()):  # the one host sync of the loop
+        n = int(bad.nonzero()[0, 0])
+        raise ValueError(f"logits: {row_problem(row_max[n])} (generation step {n}, after processors)")
+    return out
+
 # ----------------------------------------------------------------------------- logits processors
 #
 # Twins of reference.sampling's processors, batched over any leading shape with

@@ -51,6 +51,7 @@ uses torch's tanh (or relu), so that torch's modules are the peer.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -493,23 +494,13 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     check_tokens(prompt, config, name="prompt")
     prompt = xp.asarray(prompt).astype(xp.int64)
     B = prompt.shape[0]
-    if u is not None:
-        u = xp.asarray(u, dtype=xp.float64)
-        if u.shape != (B, max_new_tokens):
-            raise ValueError(f"u: expected shape {(B, max_new_tokens)}, got {tuple(u.shape)}")
+    u = sampling.check_uniforms(u, (B, max_new_tokens), xp)
     if max_new_tokens == 0:
         return prompt
-    tokens = [prompt]
     logits, cache = prefill(params, config, init_cache(params, config, B), prompt)
-    logits_t = logits[:, -1]  # (B, V)
-    for n in range(max_new_tokens):
-        for process in processors:
-            logits_t = process(logits_t)
-        nxt = sampling.greedy(logits_t) if u is None else sampling.sample(logits_t, u[:, n])  # (B,)
-        tokens.append(nxt[:, None])
-        if n + 1 < max_new_tokens:
-            logits_t, cache = step(params, config, cache, nxt)
-    return xp.concatenate(tokens, axis=1)
+    step_fn = functools.partial(step, params, config)  # (cache, tokens (B,)) -> (logits (B, V), new cache)
+    new = sampling.decode(logits[:, -1], cache, step_fn, max_new_tokens, processors=processors, u=u)
+    return xp.concatenate([prompt, new], axis=1)  # (B, T0 + N)
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int):

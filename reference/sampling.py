@@ -82,6 +82,47 @@ def sample(logits, u):
     return xp.where(none_above, last_nonzero, first_above).astype(xp.int64)
 
 
+
+# ----------------------------------------------------------------------------- the decoding loop
+
+
+def check_uniforms(u, shape: tuple, xp):
+    """u as a float64 array of `shape` (None stays None); ValueError naming `u` otherwise."""
+    if u is None:
+        return None
+    u = xp.asarray(u, dtype=xp.float64)
+    if u.shape != tuple(shape):
+        raise ValueError(f"u: expected shape {tuple(shape)}, got {tuple(u.shape)}")
+    return u
+
+
+def decode(logits, cache, step, max_new_tokens: int, *, processors=(), u=None):
+    """The autoregressive loop that every model's `generate` runs:
+
+        for n = 0 .. N-1:   logits <- processors(logits)
+                            x_n    <- argmax(logits)            (u is None: greedy, first index on ties)
+                                      or sample(logits, u[:, n])  (inverse CDF)
+                            logits, cache <- step(cache, x_n)    (not after the last token)
+
+    logits: (B, V) the next-token logits after the prompt; cache: the model's state after the
+    prompt; step(cache, tokens (B,)) -> (logits (B, V), new cache), pure; processors: callables
+    (B, V) -> (B, V) applied in order; u: None or (B, N) uniforms in [0, 1) (check_uniforms).
+    Returns the N new tokens, (B, N) int64.
+    """
+    xp = namespace(logits)
+    u = check_uniforms(u, (logits.shape[0], max_new_tokens), xp)
+    new = []
+    for n in range(max_new_tokens):
+        for process in processors:
+            logits = process(logits)
+        token = greedy(logits) if u is None else sample(logits, u[:, n])  # (B,)
+        new.append(token[:, None])
+        if n + 1 < max_new_tokens:
+            logits, cache = step(cache, token)
+    if not new:
+        return xp.zeros((logits.shape[0], 0), dtype=xp.int64)
+    return xp.concatenate(new, axis=1)  # (B, N)
+
 # ----------------------------------------------------------------------------- logits processors
 #
 # A processor maps logits (..., V) to logits of the same shape. A *filter* keeps
