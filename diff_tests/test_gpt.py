@@ -212,7 +212,7 @@ def test_cpu_inference_kernels(side, cpu_kernels, name, batch):
     config, params, tokens, truth = case(name, 59)
     tokens, truth = tokens[:batch], truth[:batch]
     P = side.params(params)
-    mode = fast_gpt._mode(P, batch, differentiable=False)  # the decoding steps' kernels
+    mode = fast_gpt.kernel_mode(P, batch, differentiable=False)  # the decoding steps' kernels
     assert mode == ("matvec" if batch == 1 and side.dtype != "bfloat16" else "matmul"), mode
     naive = side.naive_forward(P, config, tokens)
     check(f"logits (CPU kernels, batch {batch})", truth, side.forward(P, config, tokens), side, naive=naive)

@@ -266,7 +266,7 @@ def test_cpu_inference_kernels(side, cpu_kernels):
     prompt = rng.integers(0, 59, (1, T0))
     choices = medusa.prune(medusa.MC_SIM_7B_63, 3)
     impl = Impl(side, params, heads)
-    assert fast_gpt._mode(impl.P, 1, False) == ("matvec" if side.dtype != "bfloat16" else "matmul")
+    assert fast_gpt.kernel_mode(impl.P, 1, False) == ("matvec" if side.dtype != "bfloat16" else "matmul")
     buffers = medusa.tree_buffers(choices)
     h, cache = medusa.hidden(params, base, prompt, medusa.init_cache(params, base))
     tree_tokens = medusa.candidates(medusa.base_logits(params, h[0, -1]), medusa.head_logits(heads, config, h[0, -1]),

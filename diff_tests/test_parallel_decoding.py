@@ -173,11 +173,11 @@ def test_step_logits(side, name):
     else:
         if side.dtype == "bfloat16":
             pytest.skip("bfloat16 has no naive NumPy baseline for this step: its tokens are judged above")
-        fcache = fpd.fgpt._empty_cache(config, 1, 64, P["wte"].dtype, P["wte"].device)
+        fcache = fpd.fgpt.empty_cache(config, 1, 64, P["wte"].dtype, P["wte"].device)
         tokens, positions, _ = pd.lookahead_layout(int(prefix[-1]), len(prefix) - 1, levels, cands)
         with torch.inference_mode():
-            net = fpd.fgpt._network(P, config, "plain")
-            fpd.fgpt._run(net, side.array(prefix[None, :-1]), fcache, "sdpa")
+            net = fpd.fgpt.network(P, config, "plain")
+            fpd.fgpt.run_network(net, side.array(prefix[None, :-1]), fcache, "sdpa")
             got = side.numpy(fpd.masked_run(net, fcache, side.array(tokens), side.array(positions),
                                             fpd.lookahead_mask(3, 5, 3, 3, P["wte"].device)))  # fmt: skip
     naive = None

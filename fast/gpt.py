@@ -111,12 +111,18 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, numpy.integer)) and not isinstance(value, bool)
 
 
-def _check_attn_impl(attn_impl):
+def check_attn_impl(attn_impl):
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl: expected one of {ATTN_IMPLS}, got {attn_impl!r}")
 
 
 # ----------------------------------------------------------------------------- linear layers
+#
+# The kernel layer below is public for the decoders built on this model (fast.medusa,
+# fast.speculative, fast.parallel_decoding): kernel_mode -> network (the weights as kernels)
+# -> run_network / network_block over an empty_cache / KVCache. It computes exactly what
+# forward, prefill and step compute; those are the model protocol and check their inputs,
+# these do not.
 #
 # Every linear layer is y = x W + b with W stored (in, out) as in the params; the
 # LM head is x W_te^T. Each call of the network first turns the weights into
@@ -202,7 +208,7 @@ def _transposed(w: torch.Tensor) -> torch.Tensor:
 _CPU_KERNELS_MIN_WEIGHTS = 1 << 18
 
 
-def _mode(params: dict, rows: int, differentiable: bool) -> str:
+def kernel_mode(params: dict, rows: int, differentiable: bool) -> str:
     """The kernel mode (see above) for inputs of `rows` rows."""
     wte = params["wte"]
     C = wte.shape[1]
@@ -252,7 +258,7 @@ def _head(wte, mode: str):
 
 
 @dataclass(frozen=True)
-class _Layer:
+class Layer:
     """One block: LayerNorm parameters and its linear layers as kernels x -> y."""
 
     ln_1: tuple  # (gain, bias)
@@ -264,7 +270,7 @@ class _Layer:
 
 
 @dataclass(frozen=True)
-class _Network:
+class Network:
     """The params of one call, arranged as kernels of one mode."""
 
     config: Config
@@ -275,7 +281,7 @@ class _Network:
     head: object  # (M, C) -> (M, V)
 
 
-def _network(params: dict, config: Config, mode: str) -> _Network:
+def network(params: dict, config: Config, mode: str) -> Network:
     """Checked params turned into the kernels of `mode`."""
     layers = []
     for i in range(config.n_layer):
@@ -284,15 +290,15 @@ def _network(params: dict, config: Config, mode: str) -> _Network:
         def linear(name, gelu=False):
             return _linear(params[p + name + ".w"], params[p + name + ".b"], mode, gelu)
 
-        layers.append(_Layer(
+        layers.append(Layer(
             (params[p + "ln_1.g"], params[p + "ln_1.b"]), linear("attn.qkv"), linear("attn.proj"),
             (params[p + "ln_2.g"], params[p + "ln_2.b"]), linear("mlp.fc", gelu=True), linear("mlp.proj"),
         ))  # fmt: skip
     wte = params["wte"]
-    return _Network(config, wte, params["wpe"], (params["ln_f.g"], params["ln_f.b"]), tuple(layers), _head(wte, mode))
+    return Network(config, wte, params["wpe"], (params["ln_f.g"], params["ln_f.b"]), tuple(layers), _head(wte, mode))
 
 
-def _needs_grad(params: dict) -> bool:
+def needs_grad(params: dict) -> bool:
     return torch.is_grad_enabled() and any(value.requires_grad for value in params.values())
 
 
@@ -321,7 +327,7 @@ def _attention(q, k, v, attn_impl: str):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(Tq, Tk, q.device))
 
 
-def _block(config: Config, layer: _Layer, x, k_cache, v_cache, P: int, attn_impl: str):
+def network_block(config: Config, layer: Layer, x, k_cache, v_cache, P: int, attn_impl: str):
     """One pre-LN block (reference.gpt.block) on the T newest positions.
 
     x: (B, T, C). k_cache, v_cache: None (no cache: attend within x), or the
@@ -342,7 +348,7 @@ def _block(config: Config, layer: _Layer, x, k_cache, v_cache, P: int, attn_impl
     return x + layer.fc_proj(layer.fc(h)).view(B, T, C)  # fc: (B*T, 4C)
 
 
-def _run(net: _Network, tokens, cache, attn_impl: str, last_only: bool = False):
+def run_network(net: Network, tokens, cache, attn_impl: str, last_only: bool = False):
     """The network on tokens (B, T) placed after the cache's positions -> logits (B, T, V)
     ((B, 1, V) with last_only). With a cache, writes its positions and advances its length."""
     B, T = tokens.shape
@@ -350,7 +356,7 @@ def _run(net: _Network, tokens, cache, attn_impl: str, last_only: bool = False):
     x = F.embedding(tokens, net.wte) + net.wpe[P : P + T]  # (B, T, C)
     per_layer = [(None, None)] * len(net.layers) if cache is None else cache.layers
     for layer, (k_cache, v_cache) in zip(net.layers, per_layer):
-        x = _block(net.config, layer, x, k_cache, v_cache, P, attn_impl)
+        x = network_block(net.config, layer, x, k_cache, v_cache, P, attn_impl)
     if cache is not None:
         cache.length = P + T
     if last_only:
@@ -368,12 +374,12 @@ def forward(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") ->
     Differentiable with respect to params that require grad.
     """
     params = checked_params(params, config)
-    _check_attn_impl(attn_impl)
+    check_attn_impl(attn_impl)
     tokens = check_tokens(tokens, config, device=params["wte"].device)
-    differentiable = _needs_grad(params)
+    differentiable = needs_grad(params)
     with torch.enable_grad() if differentiable else torch.no_grad():
-        net = _network(params, config, _mode(params, tokens.numel(), differentiable))
-        return _run(net, tokens, None, attn_impl)
+        net = network(params, config, kernel_mode(params, tokens.numel(), differentiable))
+        return run_network(net, tokens, None, attn_impl)
 
 
 def log_prob(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -> torch.Tensor:
@@ -441,7 +447,7 @@ class KVCache:
         )
 
 
-def _empty_cache(config: Config, batch: int, max_len: int, dtype, device, zeros: bool = True) -> KVCache:
+def empty_cache(config: Config, batch: int, max_len: int, dtype, device, zeros: bool = True) -> KVCache:
     """A KVCache of length 0; zeros=False leaves the memory uninitialized (it is written before it is read)."""
     shape = (config.n_layer, batch, config.n_head, max_len, config.head_dim)
     new = torch.zeros if zeros else torch.empty
@@ -458,10 +464,10 @@ def init_cache(params: dict, config: Config, batch: int, max_len: int | None = N
     if not _is_int(max_len) or not 1 <= max_len <= config.block_size:
         raise ValueError(f"max_len: expected an int in [1, {config.block_size}], got {max_len!r}")
     wte = params["wte"]
-    return _empty_cache(config, int(batch), int(max_len), wte.dtype, wte.device)
+    return empty_cache(config, int(batch), int(max_len), wte.dtype, wte.device)
 
 
-def _check_cache(cache, config: Config, params: dict) -> None:
+def check_cache(cache, config: Config, params: dict) -> None:
     if not isinstance(cache, KVCache):
         raise ValueError(f"cache: expected a KVCache (from init_cache), got {type(cache).__name__}")
     want = (config.n_layer, cache.batch, config.n_head, cache.max_len, config.head_dim)
@@ -481,14 +487,14 @@ def prefill(params: dict, config: Config, cache: KVCache, tokens):
     object. Chunked prefill in any chunk sizes gives the logits of `forward`.
     """
     params = checked_params(params, config)
-    _check_cache(cache, config, params)
+    check_cache(cache, config, params)
     room = min(config.block_size, cache.max_len) - cache.length
     tokens = check_tokens(tokens, config, max_len=room, device=params["wte"].device)
     if tokens.shape[0] != cache.batch:
         raise ValueError(f"tokens: expected batch {cache.batch} (the cache's), got {tokens.shape[0]}")
     with torch.inference_mode():
-        net = _network(params, config, _mode(params, tokens.numel(), differentiable=False))
-        logits = _run(net, tokens, cache, "sdpa")
+        net = network(params, config, kernel_mode(params, tokens.numel(), differentiable=False))
+        logits = run_network(net, tokens, cache, "sdpa")
     return logits, cache
 
 
@@ -527,14 +533,14 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     if N == 0:
         return prompt.clone()
     with torch.inference_mode():
-        prefill_mode, step_mode = _mode(params, B * T0, False), _mode(params, B, False)
-        net = _network(params, config, prefill_mode)
-        cache = _empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device, zeros=False)
-        logits = _run(net, prompt, cache, "sdpa", last_only=True)[:, 0]  # (B, V)
-        net = net if step_mode == prefill_mode else _network(params, config, step_mode)
+        prefill_mode, step_mode = kernel_mode(params, B * T0, False), kernel_mode(params, B, False)
+        net = network(params, config, prefill_mode)
+        cache = empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device, zeros=False)
+        logits = run_network(net, prompt, cache, "sdpa", last_only=True)[:, 0]  # (B, V)
+        net = net if step_mode == prefill_mode else network(params, config, step_mode)
 
         def next_logits(tokens):  # (B,) -> (B, V), the KV cache advanced in place
-            return _run(net, tokens[:, None], cache, "sdpa")[:, 0]
+            return run_network(net, tokens[:, None], cache, "sdpa")[:, 0]
 
         return sampling.decode(logits, next_logits, prompt, N, processors=processors, u=u)
 

@@ -122,7 +122,7 @@ def _hidden_run(net, tokens, cache, positions=None, mask=None, attn_impl: str = 
     per_layer = [(None, None)] * len(net.layers) if cache is None else cache.layers
     for layer, (k_cache, v_cache) in zip(net.layers, per_layer):
         if mask is None:
-            x = fast_gpt._block(net.config, layer, x, k_cache, v_cache, P, attn_impl)
+            x = fast_gpt.network_block(net.config, layer, x, k_cache, v_cache, P, attn_impl)
         else:
             x = _tree_block(net.config, layer, x, k_cache, v_cache, P, mask, attn_impl)
     if cache is not None:
@@ -152,7 +152,7 @@ def _tree_block(config, layer, x, k_cache, v_cache, P: int, mask, attn_impl: str
 
 
 def _net(params, base_config, rows: int, differentiable: bool = False):
-    return fast_gpt._network(params, base_config, fast_gpt._mode(params, rows, differentiable))
+    return fast_gpt.network(params, base_config, fast_gpt.kernel_mode(params, rows, differentiable))
 
 
 def init_cache(params: dict, base_config: GPTConfig, max_len: int) -> fast_gpt.KVCache:
@@ -160,17 +160,17 @@ def init_cache(params: dict, base_config: GPTConfig, max_len: int) -> fast_gpt.K
     fast.gpt.init_cache, max_len may exceed block_size: a tree's N nodes occupy N cache slots
     although their positions (P + depth) stay below block_size."""
     params = fast_gpt.checked_params(params, base_config)
-    if not fast_gpt._is_int(max_len) or max_len < 1:
+    if not isinstance(max_len, (int, numpy.integer)) or isinstance(max_len, bool) or max_len < 1:
         raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
     wte = params["wte"]
-    return fast_gpt._empty_cache(base_config, 1, int(max_len), wte.dtype, wte.device)
+    return fast_gpt.empty_cache(base_config, 1, int(max_len), wte.dtype, wte.device)
 
 
 def hidden(params: dict, base_config: GPTConfig, tokens, cache: fast_gpt.KVCache):
     """The base's last hidden states of tokens (B, T) after the cache's positions -> (h (B, T, C), cache).
     Writes the cache in place (fast.gpt.prefill's contract) and returns it."""
     params = fast_gpt.checked_params(params, base_config)
-    fast_gpt._check_cache(cache, base_config, params)
+    fast_gpt.check_cache(cache, base_config, params)
     tokens = fast_gpt.check_tokens(tokens, base_config, max_len=min(base_config.block_size, cache.max_len)
                                    - cache.length, device=params["wte"].device)  # fmt: skip
     with torch.inference_mode():
@@ -180,7 +180,7 @@ def hidden(params: dict, base_config: GPTConfig, tokens, cache: fast_gpt.KVCache
 
 def _teacher_hidden(params, base_config, tokens, attn_impl="sdpa"):
     """h (B, T, C) without a cache (differentiable with respect to params that require grad)."""
-    differentiable = fast_gpt._needs_grad(params)
+    differentiable = fast_gpt.needs_grad(params)
     with torch.enable_grad() if differentiable else torch.no_grad():
         return _hidden_run(_net(params, base_config, tokens.numel(), differentiable), tokens, None,
                            attn_impl=attn_impl)  # fmt: skip
@@ -189,7 +189,7 @@ def _teacher_hidden(params, base_config, tokens, attn_impl="sdpa"):
 def forward(params: dict, base_config: GPTConfig, heads: dict, config: Config, tokens, *, attn_impl: str = "sdpa"):
     """Teacher forcing (reference.medusa.forward) -> (logits (B, T, V), head logits (K, B, T, V))."""
     params, heads = _checked(params, base_config, heads, config)
-    fast_gpt._check_attn_impl(attn_impl)
+    fast_gpt.check_attn_impl(attn_impl)
     tokens = fast_gpt.check_tokens(tokens, base_config, device=params["wte"].device)
     h = _teacher_hidden(params, base_config, tokens, attn_impl)
     return base_logits(params, h), head_logits(heads, config, h)
@@ -278,7 +278,7 @@ def tree_forward(params: dict, base_config: GPTConfig, heads: dict, config: Conf
     positions of one sequence -> (logits (N, V), head logits (K, N, V), cache). Writes the N
     nodes' keys and values at [P, P + N) in place; the cache needs room for them."""
     params, heads = _checked(params, base_config, heads, config)
-    fast_gpt._check_cache(cache, base_config, params)
+    fast_gpt.check_cache(cache, base_config, params)
     device = params["wte"].device
     b = _on(buffers, device)
     N, P = b["mask"].shape[0], cache.length
@@ -417,7 +417,7 @@ def _trees(choices: tuple, device: torch.device) -> dict:
 def _generate_row(params, base_config, stacked, prompt, N, trees, n_nodes, mode, epsilon, delta, temperature):
     wte = params["wte"]
     T0 = prompt.shape[1]
-    cache = fast_gpt._empty_cache(base_config, 1, T0 + N + n_nodes, wte.dtype, wte.device, zeros=False)
+    cache = fast_gpt.empty_cache(base_config, 1, T0 + N + n_nodes, wte.dtype, wte.device, zeros=False)
     mask_buffer = torch.ones((n_nodes, cache.max_len), dtype=torch.bool, device=wte.device)
     prefill_net = _net(params, base_config, T0)
     h = _hidden_run(prefill_net, prompt, cache, last_only=True)[0]  # (1, C)

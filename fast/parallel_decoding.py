@@ -39,7 +39,7 @@ __all__ = ["DecodeStats", "jacobi_decode", "lookahead_decode", "lookahead_mask",
 
 
 def _masked_block(config, layer, x, k_cache, v_cache, P: int, mask):
-    """fast.gpt._block with an explicit (T, P+T) boolean mask; writes slots [P, P+T) of the cache."""
+    """fast.gpt.network_block with an explicit (T, P+T) boolean mask; writes slots [P, P+T) of the cache."""
     B, T, C = x.shape
     nh, eps = config.n_head, config.layer_norm_eps
     h = F.layer_norm(x, (C,), *layer.ln_1, eps).view(B * T, C)
@@ -107,11 +107,11 @@ def _setup(params, config, prompt, max_new_tokens, width):
     params = fgpt.checked_params(params, config)
     prompt = _ref.check_prompt(prompt, config, max_new_tokens)
     wte = params["wte"]
-    nets = {rows: fgpt._network(params, config, fgpt._mode(params, rows, False)) for rows in (1, 2)}
-    cache = fgpt._empty_cache(config, 1, len(prompt) + max_new_tokens + width, wte.dtype, wte.device, zeros=True)
+    nets = {rows: fgpt.network(params, config, fgpt.kernel_mode(params, rows, False)) for rows in (1, 2)}
+    cache = fgpt.empty_cache(config, 1, len(prompt) + max_new_tokens + width, wte.dtype, wte.device, zeros=True)
     if len(prompt) > 1:
         head = torch.as_tensor(prompt[None, :-1], device=wte.device)
-        fgpt._run(nets[2 if len(prompt) > 2 else 1], head, cache, "sdpa", last_only=True)
+        fgpt.run_network(nets[2 if len(prompt) > 2 else 1], head, cache, "sdpa", last_only=True)
     return params, [int(t) for t in prompt], nets, cache
 
 

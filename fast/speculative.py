@@ -108,7 +108,7 @@ class _Model:
         self.params = gpt.checked_params(params, config)
         self.config, self.name, self.processors = config, name, tuple(processors)
         wte = self.params["wte"]
-        self.cache = gpt._empty_cache(config, batch, max_len, wte.dtype, wte.device)
+        self.cache = gpt.empty_cache(config, batch, max_len, wte.dtype, wte.device)
         self.logits_dtype = torch.float64 if wte.dtype == torch.float64 else torch.float32
         self._nets = {}  # rows -> network, mode -> network
         self.rows = torch.arange(batch, device=wte.device)
@@ -119,8 +119,8 @@ class _Model:
         """The network with fast.gpt's kernels for inputs of `rows` rows (made once per mode)."""
         net = self._nets.get(rows)
         if net is None:
-            mode = gpt._mode(self.params, rows, False)
-            net = self._nets[mode] = self._nets.get(mode) or gpt._network(self.params, self.config, mode)
+            mode = gpt.kernel_mode(self.params, rows, False)
+            net = self._nets[mode] = self._nets.get(mode) or gpt.network(self.params, self.config, mode)
             self._nets[rows] = net
         return net
 
@@ -136,7 +136,7 @@ class _Model:
             lengths = int(lengths[0])
         if T == 1 or lengths == 0:  # fast.gpt's own kernels (one new position, or an empty cache)
             self.cache.length = lengths
-            return gpt._run(net, tokens, self.cache, "sdpa", last_only=last_only)
+            return gpt.run_network(net, tokens, self.cache, "sdpa", last_only=last_only)
         return self._run_rows(net, tokens, lengths, last_only)
 
     def probs(self, tokens: torch.Tensor, lengths, last_only: bool = False) -> torch.Tensor:
@@ -163,7 +163,7 @@ class _Model:
                 raise ValueError(f"{self.name} logits: {problem} (after processors)")
 
     def _run_rows(self, net, tokens, lengths, last_only):
-        """fast.gpt._run with row b's tokens at positions lengths[b] + t, attention masked per row (keys at
+        """fast.gpt.run_network with row b's tokens at positions lengths[b] + t, attention masked per row (keys at
         positions <= the query's). lengths: (B,) ints, or one int P for all rows: then the cache is
         written as fast.gpt does and the mask is a slice of one causal triangle, shared by every layer
         (fast.gpt rebuilds it in each layer: a cost the k+1-position target pass pays at every step)."""

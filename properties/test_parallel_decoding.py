@@ -276,11 +276,11 @@ def test_step_rows_equal_recomputing_the_sequence_each_row_sees(model, data):
         _, cache = ref_gpt.prefill(params, config, cache, prefix[None, :-1])
     logits, _, _ = pd.masked_forward(params, config, cache, tokens, positions, mask)
     P = _fast(params)
-    fcache = fpd.fgpt._empty_cache(config, 1, t + len(tokens), torch.float64, "cpu")  # slots for the step too
+    fcache = fpd.fgpt.empty_cache(config, 1, t + len(tokens), torch.float64, "cpu")  # slots for the step too
     with torch.inference_mode():
         if t:
-            fpd.fgpt._run(fpd.fgpt._network(P, config, "plain"), torch.as_tensor(prefix[None, :-1]), fcache, "sdpa")
-        fast = fpd.masked_run(fpd.fgpt._network(P, config, "plain"), fcache, torch.as_tensor(tokens),
+            fpd.fgpt.run_network(fpd.fgpt.network(P, config, "plain"), torch.as_tensor(prefix[None, :-1]), fcache, "sdpa")
+        fast = fpd.masked_run(fpd.fgpt.network(P, config, "plain"), fcache, torch.as_tensor(tokens),
                               torch.as_tensor(positions), fpd.lookahead_mask(L, W, G, n, "cpu")).numpy()  # fmt: skip
     for r in range(len(tokens)):
         seen = np.flatnonzero(mask[r])

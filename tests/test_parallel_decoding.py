@@ -67,7 +67,7 @@ def test_masked_forward_with_causal_mask_is_the_model():
     P = fb.to_torch(PARAMS, "cpu", torch.float64)
     cache = fast_gpt.init_cache(P, CONFIG, 1)
     fast_gpt.prefill(P, CONFIG, cache, torch.as_tensor(tokens[:, :4]))
-    net = fast_gpt._network(P, CONFIG, "plain")
+    net = fast_gpt.network(P, CONFIG, "plain")
     with torch.inference_mode():  # the cache is an inference tensor, written in place
         got = fpd.masked_run(net, cache, torch.as_tensor(tokens[0, 4:]), torch.arange(4, 9),
                              torch.ones((5, 5), dtype=torch.bool).tril())  # fmt: skip
