@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from fast import sampling
+from fast import metrics, sampling
 from fast.backend import to_torch
 from reference import gpt as _reference
 from reference.gpt import Config, check_params, from_hf_gpt2, init, param_shapes, to_hf_gpt2
@@ -392,11 +392,8 @@ def log_prob(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -
     """
     params = checked_params(params, config)
     tokens = check_tokens(tokens, config, device=params["wte"].device)
-    bos = torch.full((tokens.shape[0], 1), config.bos_token, dtype=torch.int64, device=tokens.device)
-    logits = forward(params, config, torch.cat([bos, tokens[:, :-1]], dim=1), attn_impl=attn_impl)
-    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)  # (B, T, V)
-    picked = logits.gather(-1, tokens[:, :, None])[:, :, 0] - torch.logsumexp(logits, dim=-1)  # (B, T)
-    return picked.sum(dim=1)
+    return metrics.chain_rule_log_prob(lambda inputs: forward(params, config, inputs, attn_impl=attn_impl), tokens,
+                                       config.bos_token)
 
 
 # ----------------------------------------------------------------------------- KV cache

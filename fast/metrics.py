@@ -35,3 +35,14 @@ def bits_per_dim(nats, n_dims):
     if isinstance(nats, torch.Tensor):
         return _f64(nats) / (n_dims * math.log(2.0))
     return nats / (n_dims * math.log(2.0))
+
+
+def chain_rule_log_prob(logits_fn, tokens: torch.Tensor, bos_token: int) -> torch.Tensor:
+    """reference.metrics.chain_rule_log_prob on torch: sum_t (logits_t[x_t] - logsumexp(logits_t))
+    with bos prepended. The logits are upcast to float32 (float64 stays float64) before the
+    log-softmax; differentiable. tokens: (B, T) int64 -> (B,)."""
+    bos = torch.full((tokens.shape[0], 1), bos_token, dtype=torch.int64, device=tokens.device)
+    logits = logits_fn(torch.cat([bos, tokens[:, :-1]], dim=1))  # (B, T, V)
+    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    picked = logits.gather(-1, tokens[:, :, None])[:, :, 0] - torch.logsumexp(logits, dim=-1)  # (B, T)
+    return picked.sum(dim=1)

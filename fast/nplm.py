@@ -24,7 +24,7 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from fast import sampling
+from fast import metrics, sampling
 from fast.backend import to_torch
 from reference import nplm as _reference
 from reference.nplm import Config, init, param_shapes, random_params
@@ -135,11 +135,8 @@ def log_prob(params: dict, config: Config, tokens, *, impl: str = "fused") -> to
     """
     params = checked_params(params, config)
     tokens = check_tokens(tokens, config, device=params["C"].device)
-    bos = torch.full((tokens.shape[0], 1), config.bos_token, dtype=torch.int64, device=tokens.device)
-    logits = forward(params, config, torch.cat([bos, tokens[:, :-1]], dim=1), impl=impl)
-    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)  # (B, T, V)
-    picked = logits.gather(-1, tokens[:, :, None])[:, :, 0] - torch.logsumexp(logits, dim=-1)  # (B, T)
-    return picked.sum(dim=1)
+    return metrics.chain_rule_log_prob(lambda inputs: forward(params, config, inputs, impl=impl), tokens,
+                                       config.bos_token)
 
 
 # ----------------------------------------------------------------------------- the window as a cache

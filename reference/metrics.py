@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from reference import nn
 from reference.xp import namespace
 
 
@@ -39,3 +40,21 @@ def bits_per_dim(nats, n_dims):
     if n_dims <= 0:
         raise ValueError(f"n_dims: expected a positive number of dimensions, got {n_dims}")
     return nats / (n_dims * math.log(2.0))
+
+
+def chain_rule_log_prob(logits_fn, tokens, bos_token: int):
+    """The exact chain-rule log-likelihood of token sequences by teacher forcing, in nats:
+
+        log p(x_1..x_T) = sum_{t=1}^{T} log softmax(logits(bos, x_1..x_{t-1}))[x_t]
+
+    with bos prepended, so every token, the first included, is predicted.
+    logits_fn: inputs (B, T) -> logits (B, T, V), position t seeing inputs <= t;
+    tokens: (B, T) int -> (B,) float64.
+    """
+    xp = namespace(tokens)
+    tokens = xp.asarray(tokens)
+    B = tokens.shape[0]
+    inputs = xp.concatenate([xp.full((B, 1), bos_token, dtype=tokens.dtype), tokens[:, :-1]], axis=1)  # (B, T)
+    logp = nn.log_softmax(logits_fn(inputs), axis=-1)  # (B, T, V)
+    picked = xp.take_along_axis(logp, tokens[:, :, None], axis=-1)[:, :, 0]  # (B, T)
+    return xp.sum(picked, axis=1)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import nn
+from reference import metrics, nn
 from reference import sampling
 from reference.xp import namespace
 
@@ -198,12 +198,8 @@ def log_prob(params: dict, config: Config, tokens):
     """
     xp = namespace(params)
     check_tokens(tokens, config)
-    tokens = xp.asarray(tokens)
-    B = tokens.shape[0]
-    inputs = xp.concatenate([xp.full((B, 1), config.bos_token, dtype=tokens.dtype), tokens[:, :-1]], axis=1)
-    logp = nn.log_softmax(forward(params, config, inputs), axis=-1)  # (B, T, V)
-    picked = xp.take_along_axis(logp, tokens[:, :, None], axis=-1)[:, :, 0]  # (B, T)
-    return xp.sum(picked, axis=1)
+    return metrics.chain_rule_log_prob(lambda inputs: forward(params, config, inputs), xp.asarray(tokens),
+                                       config.bos_token)
 
 
 # ----------------------------------------------------------------------------- the window as a cache
