@@ -248,43 +248,6 @@ def _count_of_counts(counts: np.ndarray, up_to: int) -> list[int]:
     return [int(x) for x in n]
 
 
-# ----------------------------------------------------------------------------- discounts (scalar)
-
-
-def _kn_discount(n):
-    if n[1] == 0:
-        return KN_FALLBACK[0], True
-    return n[1] / (n[1] + 2 * n[2]), False
-
-
-def _mkn_discounts(n):
-    if n[1] == 0 or n[2] == 0 or n[3] == 0:
-        return KN_FALLBACK, True
-    y = n[1] / (n[1] + 2 * n[2])
-    d = tuple(r - (r + 1) * y * n[r + 1] / n[r] for r in (1, 2, 3))
-    if any(not (0.0 <= d[r - 1] <= r) for r in (1, 2, 3)):
-        return KN_FALLBACK, True
-    return d, False
-
-
-def _gt_discounts(n, katz_k):
-    if n[1] == 0:
-        return {r: 1.0 for r in range(1, katz_k + 1)}, True
-    common = (katz_k + 1) * n[katz_k + 1] / n[1]
-    if common >= 1.0:
-        return {r: 1.0 for r in range(1, katz_k + 1)}, True
-    d, fell_back = {}, False
-    for r in range(1, katz_k + 1):
-        if n[r] == 0:
-            d[r], fell_back = 1.0, True
-            continue
-        ratio = (r + 1) * n[r + 1] / (r * n[r])
-        d[r] = (ratio - common) / (1.0 - common)
-        if not (0.0 < d[r] <= 1.0):
-            d[r], fell_back = 1.0, True
-    return d, fell_back
-
-
 # ----------------------------------------------------------------------------- fit
 
 
@@ -308,12 +271,13 @@ def fit(sentences, order: int, smoothing: str = "modified_kneser_ney", **options
         total, n1, n2, n3 = _context_arrays(lv["keys"], counts[k - 1], k, n_contexts, B)
         orders.append(Order(lv["keys"], lv["tokens"], counts[k - 1], lv["raw"], total, n1, n2, n3))
         if smoothing == "kneser_ney":
-            d, fb = (options["discount"], False) if options["discount"] is not None else _kn_discount(
+            d, fb = (options["discount"], False) if options["discount"] is not None else ref.kn_discount(
                 _count_of_counts(counts[k - 1], 2))
         elif smoothing == "modified_kneser_ney":
-            d, fb = _mkn_discounts(_count_of_counts(counts[k - 1], 4))
+            d, fb = ref.mkn_discounts(_count_of_counts(counts[k - 1], 4))
         elif smoothing == "katz":
-            d, fb = _gt_discounts(_count_of_counts(counts[k - 1], options["katz_k"] + 1), options["katz_k"])
+            katz_k = options["katz_k"]
+            d, fb = ref.good_turing_discounts(_count_of_counts(counts[k - 1], katz_k + 1), katz_k)
         else:
             d, fb = (), False
         discounts.append(d)
