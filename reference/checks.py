@@ -68,6 +68,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
+# ----------------------------------------------------------------------------- parameter dicts
+
+
+def check_param_shapes(params, shapes: dict, name: str = "params") -> None:
+    """The model protocol's parameter contract: `params` is a dict holding exactly the keys of
+    `shapes` (name -> shape), each an array of that shape. ValueError naming the key otherwise."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{name}: expected a dict name -> array, got {type(params).__name__}")
+    for key, shape in shapes.items():
+        if key not in params:
+            raise ValueError(f"{name}: missing parameter {key!r} (expected shape {shape})")
+        actual = tuple(getattr(params[key], "shape", ()))
+        if actual != tuple(shape):
+            raise ValueError(f"{name}[{key!r}]: expected shape {tuple(shape)}, got {actual}")
+    extra = sorted(set(params) - set(shapes))
+    if extra:
+        raise ValueError(f"{name}: unexpected parameters {extra}")
+
 # ----------------------------------------------------------------------------- the tolerance table
 
 

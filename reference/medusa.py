@@ -73,7 +73,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import gpt, nn
+from reference import checks, gpt, nn
 from reference.xp import namespace
 
 MODES = ("greedy", "typical")
@@ -166,17 +166,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 
 def check_params(heads: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped head parameter."""
-    if not isinstance(heads, dict):
-        raise ValueError(f"heads: expected a dict name -> array, got {type(heads).__name__}")
-    shapes = param_shapes(config)
-    for name, shape in shapes.items():
-        if name not in heads:
-            raise ValueError(f"heads: missing parameter {name!r} (expected shape {shape})")
-        if tuple(heads[name].shape) != shape:
-            raise ValueError(f"heads[{name!r}]: expected shape {shape}, got {tuple(heads[name].shape)}")
-    extra = sorted(set(heads) - set(shapes))
-    if extra:
-        raise ValueError(f"heads: unexpected parameters {extra}")
+    checks.check_param_shapes(heads, param_shapes(config), "heads")
 
 
 def check_base(base_config: gpt.Config, config: Config) -> None:

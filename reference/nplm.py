@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import metrics, nn
+from reference import checks, metrics, nn
 from reference import sampling
 from reference.xp import namespace
 
@@ -113,19 +113,12 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict name -> array, got {type(params).__name__}")
-    shapes = param_shapes(config)
-    for name, shape in shapes.items():
-        if name not in params:
-            raise ValueError(f"params: missing parameter {name!r} (expected shape {shape})")
-        actual = tuple(params[name].shape)
-        if actual != shape:
-            raise ValueError(f"params[{name!r}]: expected shape {shape}, got {actual}")
-    extra = sorted(set(params) - set(shapes))
-    if extra:
-        why = " (config.direct is False: no direct connections W)" if extra == ["W"] else ""
-        raise ValueError(f"params: unexpected parameters {extra}{why}")
+    try:
+        checks.check_param_shapes(params, param_shapes(config), "params")
+    except ValueError as error:
+        if str(error) != "params: unexpected parameters ['W']":
+            raise
+        raise ValueError(f"{error} (config.direct is False: no direct connections W)") from None
 
 
 def check_tokens(tokens, config: Config, name: str = "tokens", min_len: int = 1) -> None:

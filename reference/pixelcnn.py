@@ -93,7 +93,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import distributions, nn
+from reference import checks, distributions, nn
 from reference.xp import namespace
 
 KINDS = ("pixelcnn", "gated")
@@ -241,16 +241,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
-    shapes = param_shapes(config)
-    for name, shape in shapes.items():
-        if name not in params:
-            raise ValueError(f"params: missing parameter {name!r} (expected shape {shape})")
-        actual = tuple(params[name].shape)
-        if actual != shape:
-            raise ValueError(f"params[{name!r}]: expected shape {shape}, got {actual}")
-    extra = sorted(set(params) - set(shapes))
-    if extra:
-        raise ValueError(f"params: unexpected parameters {extra}")
+    checks.check_param_shapes(params, param_shapes(config), "params")
 
 
 def check_images(x, config: Config, name: str = "x") -> None:

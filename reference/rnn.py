@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import metrics, nn
+from reference import checks, metrics, nn
 from reference import sampling
 from reference.xp import namespace, special
 
@@ -351,18 +351,7 @@ def recurrent_params(params: dict) -> dict:
 
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict name -> array, got {type(params).__name__}")
-    shapes = param_shapes(config)
-    for name, shape in shapes.items():
-        if name not in params:
-            raise ValueError(f"params: missing parameter {name!r} (expected shape {shape})")
-        actual = tuple(params[name].shape)
-        if actual != shape:
-            raise ValueError(f"params[{name!r}]: expected shape {shape}, got {actual}")
-    extra = sorted(set(params) - set(shapes))
-    if extra:
-        raise ValueError(f"params: unexpected parameters {extra}")
+    checks.check_param_shapes(params, param_shapes(config), "params")
 
 
 def check_tokens(tokens, config, name: str = "tokens", min_len: int = 1) -> None:
