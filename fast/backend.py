@@ -146,3 +146,30 @@ def from_torch(tree):
     if isinstance(tree, (tuple, list)):
         return type(tree)(_array(value) for value in tree)
     return _array(tree)
+
+
+PARAM_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
+
+
+def checked_tensors(params, check, anchor: str, name: str = "params") -> dict:
+    """A model's params as torch tensors of one float dtype on one device, for the fast paths.
+
+    NumPy params (or any non-torch arrays) become float64 torch tensors on the CPU (CuPy
+    arrays: on CUDA); `check(params)` then enforces the reference's parameter contract (names
+    and shapes); every tensor must share the dtype (float64, float32 or bfloat16) and the
+    device of params[anchor]. ValueError naming the key otherwise.
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"{name}: expected a dict name -> array, got {type(params).__name__}")
+    if not all(isinstance(value, torch.Tensor) for value in params.values()):
+        on_gpu = any(is_cupy(value) for value in params.values())
+        params = to_torch(params, device="cuda" if on_gpu else "cpu", dtype=torch.float64)
+    check(params)
+    ref = params[anchor]
+    if ref.dtype not in PARAM_DTYPES:
+        raise ValueError(f"{name}[{anchor!r}]: expected dtype float64, float32 or bfloat16, got {ref.dtype}")
+    for key, value in params.items():
+        if value.dtype != ref.dtype or value.device != ref.device:
+            raise ValueError(f"{name}[{key!r}]: expected {ref.dtype} on {ref.device} (as {name}[{anchor!r}]), "
+                             f"got {value.dtype} on {value.device}")  # fmt: skip
+    return params

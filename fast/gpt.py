@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from fast import metrics, sampling
-from fast.backend import to_torch
+from fast.backend import checked_tensors
 from reference import gpt as _reference
 from reference.gpt import Config, check_params, from_hf_gpt2, init, param_shapes, to_hf_gpt2
-from reference.xp import is_cupy, to_numpy
+from reference.xp import to_numpy
 
 __all__ = [
     "Config", "param_shapes", "init", "check_params", "from_hf_gpt2", "to_hf_gpt2",
@@ -51,7 +51,6 @@ __all__ = [
 ]  # fmt: skip
 
 ATTN_IMPLS = ("sdpa", "math")
-_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -63,22 +62,7 @@ def checked_params(params, config: Config) -> dict:
     NumPy params (or any non-torch arrays) are converted with `to_torch` to float64,
     on the CPU (on CUDA for CuPy arrays).
     """
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict name -> array, got {type(params).__name__}")
-    if not all(isinstance(value, torch.Tensor) for value in params.values()):
-        on_gpu = any(is_cupy(value) for value in params.values())
-        params = to_torch(params, device="cuda" if on_gpu else "cpu", dtype=torch.float64)
-    check_params(params, config)
-    wte = params["wte"]
-    if wte.dtype not in _DTYPES:
-        raise ValueError(f"params['wte']: expected dtype float64, float32 or bfloat16, got {wte.dtype}")
-    for name, value in params.items():
-        if value.dtype != wte.dtype or value.device != wte.device:
-            raise ValueError(
-                f"params[{name!r}]: expected {wte.dtype} on {wte.device} (as params['wte']), "
-                f"got {value.dtype} on {value.device}"
-            )
-    return params
+    return checked_tensors(params, lambda p: check_params(p, config), "wte")
 
 
 def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | None = None, min_len: int = 1,

@@ -25,34 +25,20 @@ import torch
 import torch.nn.functional as F
 
 from fast import metrics, sampling
-from fast.backend import to_torch
+from fast.backend import checked_tensors
 from reference import nplm as _reference
 from reference.nplm import Config, init, param_shapes, random_params
-from reference.xp import is_cupy, to_numpy
+from reference.xp import to_numpy
 
 __all__ = ["Config", "init", "random_params", "param_shapes", "checked_params", "check_tokens", "windows",
            "forward", "log_prob", "init_cache", "prefill", "step", "generate", "greedy", "sample"]  # fmt: skip
 
 IMPLS = ("fused", "plain")
-_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 
 
 def checked_params(params, config: Config) -> dict:
     """params as torch tensors of one float dtype on one device (NumPy -> float64 CPU); ValueError naming the key."""
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict name -> array, got {type(params).__name__}")
-    if not all(isinstance(value, torch.Tensor) for value in params.values()):
-        on_gpu = any(is_cupy(value) for value in params.values())
-        params = to_torch(params, device="cuda" if on_gpu else "cpu", dtype=torch.float64)
-    _reference.check_params(params, config)
-    C = params["C"]
-    if C.dtype not in _DTYPES:
-        raise ValueError(f"params['C']: expected dtype float64, float32 or bfloat16, got {C.dtype}")
-    for name, value in params.items():
-        if value.dtype != C.dtype or value.device != C.device:
-            raise ValueError(f"params[{name!r}]: expected {C.dtype} on {C.device} (as params['C']), "
-                             f"got {value.dtype} on {value.device}")  # fmt: skip
-    return params
+    return checked_tensors(params, lambda p: _reference.check_params(p, config), "C")
 
 
 def check_tokens(tokens, config: Config, name: str = "tokens", device=None) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from fast import distributions as fdist
-from fast.backend import to_torch
+from fast.backend import checked_tensors
 from reference import pixelcnn as _reference
 from reference.pixelcnn import (
     Config,
@@ -52,7 +52,7 @@ from reference.pixelcnn import (
     random_params,
     reachable,
 )
-from reference.xp import is_cupy, to_numpy
+from reference.xp import to_numpy
 
 __all__ = [
     "Config", "param_shapes", "init", "random_params", "check_params", "masks", "channel_groups",
@@ -61,7 +61,6 @@ __all__ = [
 ]  # fmt: skip
 
 METHODS = ("cached", "naive")
-_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -70,20 +69,7 @@ _DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 def checked_params(params, config: Config) -> dict:
     """params as a dict of torch tensors of one float dtype on one device; ValueError naming the key.
     NumPy params are converted to float64 on the CPU (CuPy arrays: on CUDA)."""
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict name -> array, got {type(params).__name__}")
-    if not all(isinstance(value, torch.Tensor) for value in params.values()):
-        on_gpu = any(is_cupy(value) for value in params.values())
-        params = to_torch(params, device="cuda" if on_gpu else "cpu", dtype=torch.float64)
-    check_params(params, config)
-    ref = params["out.1.w"]
-    if ref.dtype not in _DTYPES:
-        raise ValueError(f"params['out.1.w']: expected dtype float64, float32 or bfloat16, got {ref.dtype}")
-    for name, value in params.items():
-        if value.dtype != ref.dtype or value.device != ref.device:
-            raise ValueError(f"params[{name!r}]: expected {ref.dtype} on {ref.device} (as params['out.1.w']), "
-                             f"got {value.dtype} on {value.device}")  # fmt: skip
-    return params
+    return checked_tensors(params, lambda p: check_params(p, config), "out.1.w")
 
 
 def check_images(x, config: Config, device, name: str = "x") -> torch.Tensor:

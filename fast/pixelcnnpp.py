@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from fast import distributions as dist
 from fast import sampling as fast_sampling
-from fast.backend import to_torch
+from fast.backend import checked_tensors
 from reference.pixelcnnpp import (  # noqa: F401  (Config and the layout are shared with the reference)
     LEVELS,
     U_KERNEL,
@@ -45,7 +45,6 @@ from reference.pixelcnnpp import (  # noqa: F401  (Config and the layout are sha
 )
 from reference.xp import is_cupy
 
-_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -54,22 +53,7 @@ _DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 def checked_params(params, config: Config) -> dict:
     """params as a dict of torch tensors of one float dtype on one device; ValueError naming the key.
     NumPy (or CuPy) params are converted to float64 torch tensors (on CUDA for CuPy)."""
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected a dict name -> array, got {type(params).__name__}")
-    if not all(isinstance(v, torch.Tensor) for v in params.values()):
-        on_gpu = any(is_cupy(v) for v in params.values())
-        params = to_torch(params, device="cuda" if on_gpu else "cpu", dtype=torch.float64)
-    check_params(params, config)
-    ref = params["out.w"]
-    if ref.dtype not in _DTYPES:
-        raise ValueError(f"params['out.w']: expected dtype float64, float32 or bfloat16, got {ref.dtype}")
-    for name, value in params.items():
-        if value.dtype != ref.dtype or value.device != ref.device:
-            raise ValueError(
-                f"params[{name!r}]: expected {ref.dtype} on {ref.device} (as params['out.w']), "
-                f"got {value.dtype} on {value.device}"
-            )
-    return params
+    return checked_tensors(params, lambda p: check_params(p, config), "out.w")
 
 
 def check_images(x, config: Config, device, name: str = "x") -> torch.Tensor:

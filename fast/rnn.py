@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from fast import metrics, sampling
-from fast.backend import to_torch
+from fast.backend import checked_tensors
 from reference import rnn as _reference
 from reference.rnn import (
     GATES, KINDS, MODES, Config, init, layer_shapes, layer_sizes, param_shapes, random_params, recurrent_params,
 )  # fmt: skip
-from reference.xp import is_cupy, to_numpy
+from reference.xp import to_numpy
 
 __all__ = [
     "Config", "KINDS", "MODES", "GATES", "init", "random_params", "param_shapes", "layer_shapes", "layer_sizes",
@@ -50,31 +50,11 @@ __all__ = [
 ]  # fmt: skip
 
 IMPLS = ("fused", "loop")
-_DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 _FUSED = {"rnn_tanh": torch._VF.rnn_tanh, "rnn_relu": torch._VF.rnn_relu, "lstm": torch._VF.lstm,
           "gru": torch._VF.gru}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _tensors(params, name: str, first: str) -> dict:
-    """params as torch tensors of one float dtype on one device (NumPy -> float64 CPU, CuPy -> CUDA)."""
-    if not isinstance(params, dict):
-        raise ValueError(f"{name}: expected a dict name -> array, got {type(params).__name__}")
-    if not all(isinstance(value, torch.Tensor) for value in params.values()):
-        on_gpu = any(is_cupy(value) for value in params.values())
-        params = to_torch(params, device="cuda" if on_gpu else "cpu", dtype=torch.float64)
-    if first not in params:
-        return params  # the shape check names the missing key
-    ref = params[first]
-    if ref.dtype not in _DTYPES:
-        raise ValueError(f"{name}[{first!r}]: expected dtype float64, float32 or bfloat16, got {ref.dtype}")
-    for key, value in params.items():
-        if value.dtype != ref.dtype or value.device != ref.device:
-            raise ValueError(f"{name}[{key!r}]: expected {ref.dtype} on {ref.device} (as {name}[{first!r}]), "
-                             f"got {value.dtype} on {value.device}")  # fmt: skip
-    return params
 
 
 def _check_impl(impl):
@@ -201,8 +181,8 @@ def _loop(mode: str, params: dict, bias: bool, L: int, x, h0, c0):
 
 def _layers(mode: str, params: dict, x, h0, c0, impl: str = "fused"):
     _check_impl(impl)
-    params = _tensors(params, "params", "weight_ih_l0")
-    I, H, L, bias = layer_sizes(params, mode)
+    I, H, L, bias = layer_sizes(params, mode)  # names and shapes checked
+    params = checked_tensors(params, lambda p: None, "weight_ih_l0")
     like = params["weight_ih_l0"]
     x = _as_input(x, like)
     if x.shape[2] != I:
@@ -250,9 +230,7 @@ def gru(params: dict, x, h0=None, *, impl: str = "fused"):
 
 def checked_params(params, config: Config) -> dict:
     """params as torch tensors of one float dtype on one device; ValueError naming the key."""
-    params = _tensors(params, "params", "wte")
-    _reference.check_params(params, config)
-    return params
+    return checked_tensors(params, lambda p: _reference.check_params(p, config), "wte")
 
 
 def check_tokens(tokens, config: Config, name: str = "tokens", device=None) -> torch.Tensor:
