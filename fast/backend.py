@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy
 import torch
 
-from reference.xp import cupy_module, is_cupy
+from reference.xp import cupy_module, is_cupy, to_numpy
 
 _TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -173,3 +173,30 @@ def checked_tensors(params, check, anchor: str, name: str = "params") -> dict:
             raise ValueError(f"{name}[{key!r}]: expected {ref.dtype} on {ref.device} (as {name}[{anchor!r}]), "
                              f"got {value.dtype} on {value.device}")  # fmt: skip
     return params
+
+
+def checked_tokens(tokens, vocab_size: int, reference_check, name: str = "tokens", device=None, min_len: int = 1,
+                   max_len: int | None = None) -> torch.Tensor:  # fmt: skip
+    """A model's token check for torch tensors too -> tokens as int64 on `device` (default: theirs).
+
+    Non-torch tokens go through `reference_check()` (the reference model's check_tokens, with
+    its messages) and are converted. A tensor must be (B, T) integer, min_len <= T (<= max_len
+    when given), ids in [0, vocab_size): ValueError naming `name` otherwise (one host sync).
+    """
+    if not isinstance(tokens, torch.Tensor):
+        reference_check()
+        return torch.as_tensor(to_numpy(tokens), dtype=torch.int64, device=device)
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(f"{name}: expected an integer array, got {tokens.dtype}")
+    if tokens.ndim != 2:
+        raise ValueError(f"{name}: expected shape (B, T), got {tuple(tokens.shape)}")
+    T = tokens.shape[1]
+    if max_len is None and T < min_len:
+        raise ValueError(f"{name}: expected length T >= {min_len}, got T={T}")
+    if max_len is not None and not min_len <= T <= max_len:
+        raise ValueError(f"{name}: expected length T in [{min_len}, {max_len}], got T={T}")
+    if tokens.numel():
+        low, high = (int(v) for v in torch.aminmax(tokens))  # one host sync
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}), got {low if low < 0 else high}")
+    return tokens.to(device=device if device is not None else tokens.device, dtype=torch.int64)

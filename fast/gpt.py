@@ -39,10 +39,9 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from fast import metrics, sampling
-from fast.backend import checked_tensors
+from fast.backend import checked_tensors, checked_tokens
 from reference import gpt as _reference
 from reference.gpt import Config, check_params, from_hf_gpt2, init, param_shapes, to_hf_gpt2
-from reference.xp import to_numpy
 
 __all__ = [
     "Config", "param_shapes", "init", "check_params", "from_hf_gpt2", "to_hf_gpt2",
@@ -72,23 +71,10 @@ def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | No
     ValueError unless `tokens` is a (B, T) integer array with ids in [0, V) and
     min_len <= T <= max_len (default block_size); same messages as the reference.
     """
-    if not isinstance(tokens, torch.Tensor):
-        _reference.check_tokens(tokens, config, name=name, max_len=max_len, min_len=min_len)
-        return torch.as_tensor(to_numpy(tokens), dtype=torch.int64, device=device)
-    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-        raise ValueError(f"{name}: expected an integer array, got {tokens.dtype}")
-    if tokens.ndim != 2:
-        raise ValueError(f"{name}: expected shape (B, T), got {tuple(tokens.shape)}")
     max_len = config.block_size if max_len is None else max_len
-    T = tokens.shape[1]
-    if not min_len <= T <= max_len:
-        raise ValueError(f"{name}: expected length T in [{min_len}, {max_len}], got T={T}")
-    if tokens.numel():
-        low, high = (int(v) for v in torch.aminmax(tokens))  # one host sync
-        if low < 0 or high >= config.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"{name}: token ids must lie in [0, {config.vocab_size}), got {bad}")
-    return tokens.to(device=device if device is not None else tokens.device, dtype=torch.int64)
+    return checked_tokens(tokens, config.vocab_size,
+                          lambda: _reference.check_tokens(tokens, config, name=name, max_len=max_len, min_len=min_len),
+                          name, device, min_len, max_len)  # fmt: skip
 
 
 def _is_int(value) -> bool:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fast import metrics, sampling
-from fast.backend import checked_tensors
+from fast.backend import checked_tensors, checked_tokens
 from reference import rnn as _reference
 from reference.rnn import (
     GATES, KINDS, MODES, Config, init, layer_shapes, layer_sizes, param_shapes, random_params, recurrent_params,
@@ -235,20 +235,8 @@ def checked_params(params, config: Config) -> dict:
 
 def check_tokens(tokens, config: Config, name: str = "tokens", device=None) -> torch.Tensor:
     """reference.rnn.check_tokens for torch tensors too -> tokens as int64 on `device`."""
-    if not isinstance(tokens, torch.Tensor):
-        _reference.check_tokens(tokens, config, name=name)
-        return torch.as_tensor(to_numpy(tokens), dtype=torch.int64, device=device)
-    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-        raise ValueError(f"{name}: expected an integer array, got {tokens.dtype}")
-    if tokens.ndim != 2:
-        raise ValueError(f"{name}: expected shape (B, T), got {tuple(tokens.shape)}")
-    if tokens.shape[1] < 1:
-        raise ValueError(f"{name}: expected length T >= 1, got T={tokens.shape[1]}")
-    if tokens.numel():
-        low, high = (int(v) for v in torch.aminmax(tokens))
-        if low < 0 or high >= config.vocab_size:
-            raise ValueError(f"{name}: token ids must lie in [0, {config.vocab_size}), got {low if low < 0 else high}")
-    return tokens.to(device=device if device is not None else tokens.device, dtype=torch.int64)
+    return checked_tokens(tokens, config.vocab_size, lambda: _reference.check_tokens(tokens, config, name=name),
+                          name, device)
 
 
 def _needs_grad(params: dict) -> bool:
