@@ -278,12 +278,18 @@ def _causal_mask(t_query: int, t_key: int, device) -> torch.Tensor:
     return torch.arange(t_key, device=device)[None, :] <= q_pos  # (Tq, Tk)
 
 
-def _attention(q, k, v, attn_impl: str):
-    """Causal attention of the last Tq positions over all Tk = P + Tq (reference.nn.attention).
+def _attention(q, k, v, attn_impl: str, mask=None):
+    """Causal attention of the last Tq positions over all Tk = P + Tq (reference.nn.attention),
+    or attention under an explicit mask (Tq, Tk) bool, True = may attend (trees, lookahead windows).
 
     q: (B, nh, Tq, hs), k, v: (B, nh, Tk, hs) -> (B, nh, Tq, hs).
     """
     Tq, Tk = q.shape[2], k.shape[2]
+    if mask is not None:
+        if attn_impl == "math":
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, Tq, Tk)
+            return torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if attn_impl == "math":  # the naive same-dtype computation, spelled out
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, Tq, Tk)
         scores = scores.masked_fill(~_causal_mask(Tq, Tk, q.device), -math.inf)
@@ -297,11 +303,12 @@ def _attention(q, k, v, attn_impl: str):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(Tq, Tk, q.device))
 
 
-def network_block(config: Config, layer: Layer, x, k_cache, v_cache, P: int, attn_impl: str):
+def network_block(config: Config, layer: Layer, x, k_cache, v_cache, P: int, attn_impl: str, mask=None):
     """One pre-LN block (reference.gpt.block) on the T newest positions.
 
     x: (B, T, C). k_cache, v_cache: None (no cache: attend within x), or the
     layer's (B, nh, max_len, hs) cache, positions [P, P+T) written in place here.
+    mask: None (causal) or (T, P+T) bool, True where a new position may attend.
     """
     B, T, C = x.shape
     nh, eps = config.n_head, config.layer_norm_eps
@@ -312,7 +319,7 @@ def network_block(config: Config, layer: Layer, x, k_cache, v_cache, P: int, att
         k_cache.narrow(2, P, T).copy_(k)  # positions [P, P+T), in place
         v_cache.narrow(2, P, T).copy_(v)
         k, v = k_cache.narrow(2, 0, P + T), v_cache.narrow(2, 0, P + T)  # (B, nh, P+T, hs)
-    y = _attention(q, k, v, attn_impl).transpose(1, 2).reshape(B * T, C)  # (B*T, C)
+    y = _attention(q, k, v, attn_impl, mask).transpose(1, 2).reshape(B * T, C)  # (B*T, C)
     x = x + layer.proj(y).view(B, T, C)
     h = F.layer_norm(x, (C,), *layer.ln_2, eps).view(B * T, C)
     return x + layer.fc_proj(layer.fc(h)).view(B, T, C)  # fc: (B*T, 4C)

@@ -121,34 +121,12 @@ def _hidden_run(net, tokens, cache, positions=None, mask=None, attn_impl: str = 
     x = F.embedding(tokens, net.wte) + pos  # (B, T, C)
     per_layer = [(None, None)] * len(net.layers) if cache is None else cache.layers
     for layer, (k_cache, v_cache) in zip(net.layers, per_layer):
-        if mask is None:
-            x = fast_gpt.network_block(net.config, layer, x, k_cache, v_cache, P, attn_impl)
-        else:
-            x = _tree_block(net.config, layer, x, k_cache, v_cache, P, mask, attn_impl)
+        x = fast_gpt.network_block(net.config, layer, x, k_cache, v_cache, P, attn_impl, mask)
     if cache is not None:
         cache.length = P + T
     if last_only:
         x = x[:, -1:]
     return F.layer_norm(x, (x.shape[-1],), *net.ln_f, net.config.layer_norm_eps)
-
-
-def _tree_block(config, layer, x, k_cache, v_cache, P: int, mask, attn_impl: str):
-    """fast.gpt's block with an explicit attention mask (N, P+N), True = attend."""
-    B, T, C = x.shape
-    nh, eps = config.n_head, config.layer_norm_eps
-    h = F.layer_norm(x, (C,), *layer.ln_1, eps).view(B * T, C)
-    q, k, v = layer.qkv(h).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
-    k_cache.narrow(2, P, T).copy_(k)
-    v_cache.narrow(2, P, T).copy_(v)
-    k, v = k_cache.narrow(2, 0, P + T), v_cache.narrow(2, 0, P + T)  # (B, nh, P+T, hs)
-    if attn_impl == "math":
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, P+T)
-        y = torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1) @ v
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
-    x = x + layer.proj(y.transpose(1, 2).reshape(B * T, C)).view(B, T, C)
-    h = F.layer_norm(x, (C,), *layer.ln_2, eps).view(B * T, C)
-    return x + layer.fc_proj(layer.fc(h)).view(B, T, C)
 
 
 def _net(params, base_config, rows: int, differentiable: bool = False):

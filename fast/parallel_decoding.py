@@ -38,21 +38,6 @@ __all__ = ["DecodeStats", "jacobi_decode", "lookahead_decode", "lookahead_mask",
 # ----------------------------------------------------------------------------- one forward pass, explicit mask
 
 
-def _masked_block(config, layer, x, k_cache, v_cache, P: int, mask):
-    """fast.gpt.network_block with an explicit (T, P+T) boolean mask; writes slots [P, P+T) of the cache."""
-    B, T, C = x.shape
-    nh, eps = config.n_head, config.layer_norm_eps
-    h = F.layer_norm(x, (C,), *layer.ln_1, eps).view(B * T, C)
-    q, k, v = layer.qkv(h).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
-    k_cache.narrow(2, P, T).copy_(k)
-    v_cache.narrow(2, P, T).copy_(v)
-    k, v = k_cache.narrow(2, 0, P + T), v_cache.narrow(2, 0, P + T)  # (B, nh, P+T, hs)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B * T, C)
-    x = x + layer.proj(y).view(B, T, C)
-    h = F.layer_norm(x, (C,), *layer.ln_2, eps).view(B * T, C)
-    return x + layer.fc_proj(layer.fc(h)).view(B, T, C)
-
-
 def masked_run(net, cache, tokens, positions, mask):
     """The network on T new tokens after cache.length slots -> logits (T, V) in the params' dtype.
 
@@ -64,7 +49,7 @@ def masked_run(net, cache, tokens, positions, mask):
     full = torch.cat([torch.ones((T, P), dtype=torch.bool, device=mask.device), mask], dim=1)  # (T, P+T)
     x = (F.embedding(tokens, net.wte) + net.wpe[positions])[None]  # (1, T, C)
     for layer, (k_cache, v_cache) in zip(net.layers, cache.layers):
-        x = _masked_block(net.config, layer, x, k_cache, v_cache, P, full)
+        x = fgpt.network_block(net.config, layer, x, k_cache, v_cache, P, "sdpa", full)
     C = x.shape[-1]
     x = F.layer_norm(x, (C,), *net.ln_f, net.config.layer_norm_eps)
     return net.head(x.reshape(T, C))  # (T, V)

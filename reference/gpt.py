@@ -158,11 +158,13 @@ def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | No
 # ----------------------------------------------------------------------------- the network
 
 
-def block(params: dict, config: Config, i: int, x, past_k, past_v):
+def block(params: dict, config: Config, i: int, x, past_k, past_v, mask=None):
     """Transformer block i (pre-LN) on new positions x, attending to cached keys/values too.
 
     x: (B, T, C) activations of the T newest positions; past_k, past_v: (B, nh, P, hs)
-    keys/values of the P earlier positions. Returns (x', k, v) with k, v: (B, nh, P+T, hs).
+    keys/values of the P earlier positions. mask: (T, P+T) bool, True where a new position
+    may attend (default: causal, nn.causal_mask; decoders that verify trees or windows of
+    candidates pass their own). Returns (x', k, v) with k, v: (B, nh, P+T, hs).
     """
     xp = namespace(x)
     p = f"blocks.{i}."
@@ -171,7 +173,8 @@ def block(params: dict, config: Config, i: int, x, past_k, past_v):
     q = nn.split_heads(q, config.n_head)  # (B, nh, T, hs)
     k = xp.concatenate([past_k, nn.split_heads(k_new, config.n_head)], axis=2)  # (B, nh, P+T, hs)
     v = xp.concatenate([past_v, nn.split_heads(v_new, config.n_head)], axis=2)  # (B, nh, P+T, hs)
-    mask = nn.causal_mask(q.shape[2], k.shape[2], xp)  # (T, P+T)
+    if mask is None:
+        mask = nn.causal_mask(q.shape[2], k.shape[2], xp)  # (T, P+T)
     y = nn.merge_heads(nn.attention(q, k, v, mask))  # (B, T, C)
     x = x + nn.linear(y, params[p + "attn.proj.w"], params[p + "attn.proj.b"])
     h = nn.layer_norm(x, params[p + "ln_2.g"], params[p + "ln_2.b"], config.layer_norm_eps)

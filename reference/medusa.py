@@ -395,24 +395,6 @@ def tree_attention_mask(P: int, buffers: dict, xp=None):
     return xp.concatenate([xp.ones((N, P), dtype=bool), xp.asarray(buffers["mask"])], axis=1)
 
 
-def _tree_block(params, base_config, i, x, past_k, past_v, mask):
-    """reference.gpt.block with the tree attention mask instead of the causal one.
-    x: (1, N, C); past_k, past_v: (1, nh, P, hs); mask: (N, P + N)."""
-    xp = namespace(x)
-    p = f"blocks.{i}."
-    h = nn.layer_norm(x, params[p + "ln_1.g"], params[p + "ln_1.b"], base_config.layer_norm_eps)
-    q, k_new, v_new = xp.split(nn.linear(h, params[p + "attn.qkv.w"], params[p + "attn.qkv.b"]), 3, axis=-1)
-    q = nn.split_heads(q, base_config.n_head)  # (1, nh, N, hs)
-    k = xp.concatenate([past_k, nn.split_heads(k_new, base_config.n_head)], axis=2)  # (1, nh, P+N, hs)
-    v = xp.concatenate([past_v, nn.split_heads(v_new, base_config.n_head)], axis=2)  # (1, nh, P+N, hs)
-    y = nn.merge_heads(nn.attention(q, k, v, mask))  # (1, N, C)
-    x = x + nn.linear(y, params[p + "attn.proj.w"], params[p + "attn.proj.b"])
-    h = nn.layer_norm(x, params[p + "ln_2.g"], params[p + "ln_2.b"], base_config.layer_norm_eps)
-    h = nn.gelu_tanh(nn.linear(h, params[p + "mlp.fc.w"], params[p + "mlp.fc.b"]))  # (1, N, 4C)
-    x = x + nn.linear(h, params[p + "mlp.proj.w"], params[p + "mlp.proj.b"])
-    return x, k, v
-
-
 def tree_forward(params: dict, base_config: gpt.Config, heads: dict, config: Config, cache: dict, tree_tokens,
                  buffers: dict):  # fmt: skip
     """One forward of the base over the whole tree, after the P cached positions of one sequence.
@@ -433,7 +415,7 @@ def tree_forward(params: dict, base_config: gpt.Config, heads: dict, config: Con
     mask = tree_attention_mask(P, buffers, xp)  # (N, P+N)
     keys, values = [], []
     for i in range(base_config.n_layer):
-        x, k, v = _tree_block(params, base_config, i, x, cache["k"][i], cache["v"][i], mask)
+        x, k, v = gpt.block(params, base_config, i, x, cache["k"][i], cache["v"][i], mask=mask)
         keys.append(k)
         values.append(v)
     h = nn.layer_norm(x, params["ln_f.g"], params["ln_f.b"], base_config.layer_norm_eps)[0]  # (N, C)

@@ -127,23 +127,6 @@ def check_prompt(prompt, config: gpt.Config, max_new_tokens: int):
 # ----------------------------------------------------------------------------- one forward pass, explicit mask
 
 
-def _block(params: dict, config: gpt.Config, i: int, x, past_k, past_v, mask):
-    """reference.gpt.block with an explicit (T, P+T) mask instead of the causal one."""
-    xp = namespace(x)
-    p = f"blocks.{i}."
-    h = nn.layer_norm(x, params[p + "ln_1.g"], params[p + "ln_1.b"], config.layer_norm_eps)
-    q, k_new, v_new = xp.split(nn.linear(h, params[p + "attn.qkv.w"], params[p + "attn.qkv.b"]), 3, axis=-1)
-    q = nn.split_heads(q, config.n_head)  # (1, nh, T, hs)
-    k = xp.concatenate([past_k, nn.split_heads(k_new, config.n_head)], axis=2)  # (1, nh, P+T, hs)
-    v = xp.concatenate([past_v, nn.split_heads(v_new, config.n_head)], axis=2)  # (1, nh, P+T, hs)
-    y = nn.merge_heads(nn.attention(q, k, v, mask))  # (1, T, C)
-    x = x + nn.linear(y, params[p + "attn.proj.w"], params[p + "attn.proj.b"])
-    h = nn.layer_norm(x, params[p + "ln_2.g"], params[p + "ln_2.b"], config.layer_norm_eps)
-    h = nn.gelu_tanh(nn.linear(h, params[p + "mlp.fc.w"], params[p + "mlp.fc.b"]))  # (1, T, 4C)
-    x = x + nn.linear(h, params[p + "mlp.proj.w"], params[p + "mlp.proj.b"])
-    return x, k, v
-
-
 def masked_forward(params: dict, config: gpt.Config, cache: dict, tokens, positions, mask):
     """The network on T new tokens after a cache of P positions, with explicit positions and mask.
 
@@ -158,7 +141,7 @@ def masked_forward(params: dict, config: gpt.Config, cache: dict, tokens, positi
     x = x + params["wpe"][xp.asarray(positions)][None]  # explicit positions, not P..P+T-1
     keys, values = [], []
     for i in range(config.n_layer):
-        x, k, v = _block(params, config, i, x, cache["k"][i], cache["v"][i], full)
+        x, k, v = gpt.block(params, config, i, x, cache["k"][i], cache["v"][i], mask=full)
         keys.append(k)
         values.append(v)
     x = nn.layer_norm(x, params["ln_f.g"], params["ln_f.b"], config.layer_norm_eps)
