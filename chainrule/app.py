@@ -70,7 +70,7 @@ def parse_value(text: str, annotation: str = ""):
 def _train_fields() -> dict:
     import dataclasses
 
-    from fast.train import TrainConfig
+    from chainrule.fast.train import TrainConfig
 
     return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 
@@ -96,7 +96,7 @@ def train_config(settings: dict, steps: int | None = None):
     """The TrainConfig of a run: TrainConfig's defaults, then TRAIN_DEFAULTS, then `settings`, then
     `steps`; warmup (steps // 20, at most 100) and evaluation (10 times in a run) scale with steps
     unless set."""
-    from fast.train import TrainConfig
+    from chainrule.fast.train import TrainConfig
 
     merged = {**TRAIN_DEFAULTS, **settings}
     if steps is not None:
@@ -113,7 +113,7 @@ def train_config(settings: dict, steps: int | None = None):
 
 
 def _trainable(model: cmodels.Model, config, params, kind: str):
-    from fast.train import Trainable
+    from chainrule.fast.train import Trainable
 
     return Trainable(model.name, config, params, cmodels.log_prob_fn(model, config), metric=cmodels.metric(kind))
 
@@ -121,7 +121,7 @@ def _trainable(model: cmodels.Model, config, params, kind: str):
 def load_run(run_dir) -> dict:
     """A trained run: {"model", "config", "params", "data", "kind", "app", "meta"}. FileNotFoundError
     when run_dir holds no run; ValueError when its files disagree with each other."""
-    from fast.train import load_checkpoint
+    from chainrule.fast.train import load_checkpoint
 
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
@@ -175,7 +175,7 @@ def train_run(model_name: str, data_name: str | None = None, settings: dict | No
     "n_params", "config" (dict), "config_obj", "app", "train_config", "history", "params" (final),
     "train_examples", "val_examples"}.
     """
-    from fast.train import train
+    from chainrule.fast.train import train
 
     model = cmodels.get(model_name)
     raw = {k: (v if isinstance(v, str) else repr(v)) for k, v in (settings or {}).items()}

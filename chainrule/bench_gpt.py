@@ -65,7 +65,7 @@ def _hf_model(params, config):
         return None
     import torch
 
-    from reference import gpt
+    from chainrule.reference import gpt
 
     transformers.logging.set_verbosity_error()
     state, hf_config = gpt.to_hf_gpt2(params, config)
@@ -82,9 +82,9 @@ def _hf_model(params, config):
 def bench_gpt(run: Run) -> None:
     import torch
 
-    from fast import backend as fb
-    from fast import gpt as fgpt
-    from reference import cost, gpt
+    from chainrule.fast import backend as fb
+    from chainrule.fast import gpt as fgpt
+    from chainrule.reference import cost, gpt
 
     quick = run.quick
     config = gpt.Config(**(GPT_QUICK if quick else GPT2_SMALL))
@@ -155,9 +155,9 @@ def bench_gpt(run: Run) -> None:
 def bench_gpt_forward(run: Run) -> None:
     import torch
 
-    from fast import backend as fb
-    from fast import gpt as fgpt
-    from reference import gpt
+    from chainrule.fast import backend as fb
+    from chainrule.fast import gpt as fgpt
+    from chainrule.reference import gpt
 
     args = GPT_QUICK if run.quick else dict(vocab_size=1009, block_size=128, n_layer=4, n_head=4, n_embd=128)
     config = gpt.Config(**args)

@@ -45,9 +45,9 @@ def trained_heads(base_config, base_params, quick: bool, progress: bool = False)
     training bytes (cached) -> (head config, heads as float32 CPU tensors)."""
     from chainrule import data
     from chainrule.bench_models import MODELS_DIR
-    from fast import medusa as fast_medusa
-    from fast import train as ft
-    from reference import medusa
+    from chainrule.fast import medusa as fast_medusa
+    from chainrule.fast import train as ft
+    from chainrule.reference import medusa
 
     train = QUICK_TRAIN if quick else TRAIN
     n_bytes = QUICK_DATA_BYTES if quick else DATA_BYTES
@@ -72,7 +72,7 @@ def _head_accuracy(base_config, base_params, config, heads, tokens) -> list[floa
     """Top-1 accuracy of head k on the token k + 2 ahead, over held-out windows (B, T)."""
     import torch
 
-    from fast import medusa as fast_medusa
+    from chainrule.fast import medusa as fast_medusa
 
     with torch.inference_mode():
         _, medusa_logits = fast_medusa.forward(base_params, base_config, heads, config, torch.as_tensor(tokens))
@@ -95,9 +95,9 @@ def medusa_case(run, models, quick: bool) -> list[dict]:
     import torch
 
     from chainrule import data
-    from fast import gpt as fast_gpt
-    from fast import medusa as fast_medusa
-    from reference import medusa
+    from chainrule.fast import gpt as fast_gpt
+    from chainrule.fast import medusa as fast_medusa
+    from chainrule.reference import medusa
 
     base_config, base_params = models[0], models[1]
     device = base_params["wte"].device

@@ -57,9 +57,9 @@ def trained_gpt(name: str, model: dict, train: dict, n_bytes: int, progress: boo
     first n_bytes of stdlib_bytes('train'), windows of block_size bytes -> (config, params).
     Cached under MODELS_DIR (see the module docstring)."""
     from chainrule import data
-    from fast import train as ft
-    from fast import gpt as fgpt
-    from reference import gpt
+    from chainrule.fast import train as ft
+    from chainrule.fast import gpt as fgpt
+    from chainrule.reference import gpt
 
     config = gpt.Config(**model)
     out_dir = MODELS_DIR / f"{name}-{_key(name, model, train, n_bytes)}"

@@ -60,8 +60,8 @@ def _have_nltk() -> bool:
        "query tokens/s", repeats=3)  # fmt: skip
 def bench_ngram(run: Run) -> None:
     from chainrule.data import stdlib_words
-    from fast import ngram as fast
-    from reference import ngram as ref
+    from chainrule.fast import ngram as fast
+    from chainrule.reference import ngram as ref
 
     have_nltk = _have_nltk()
     train = stdlib_words(QUICK_TOKENS if run.quick else FULL_TOKENS)

@@ -48,7 +48,7 @@ def _setup(models, quick: bool):
 
 def _race(run, case, config, params, prompt, n_new, name, decode):
     """Race greedy generate against `decode`; -> a summary row."""
-    from fast import gpt as fgpt
+    from chainrule.fast import gpt as fgpt
 
     greedy = fgpt.generate(params, config, prompt, n_new)
     tokens, stats = decode()
@@ -71,7 +71,7 @@ def _summarize(run, title, rows):
 
 def lookahead_case(run, models, quick: bool):
     """Lookahead decoding (W, N, G) vs plain greedy generation on the trained target -> summary rows."""
-    from fast import parallel_decoding as fpd
+    from chainrule.fast import parallel_decoding as fpd
 
     config, params, prompt, n_new = _setup(models, quick)
     rows = []
@@ -85,7 +85,7 @@ def lookahead_case(run, models, quick: bool):
 
 def jacobi_case(run, models, quick: bool):
     """Jacobi decoding with block m vs plain greedy generation on the trained target -> summary rows."""
-    from fast import parallel_decoding as fpd
+    from chainrule.fast import parallel_decoding as fpd
 
     config, params, prompt, n_new = _setup(models, quick)
     rows = []

@@ -34,9 +34,9 @@ def pixelcnn_sampling_case(run: Run, kind: str) -> list:
     """Cached vs naive sampling for one PixelCNN kind ("pixelcnn" or "gated") -> the summary row."""
     import torch
 
-    from fast import backend as fb
-    from fast import pixelcnn as fpc
-    from reference import pixelcnn as pc
+    from chainrule.fast import backend as fb
+    from chainrule.fast import pixelcnn as fpc
+    from chainrule.reference import pixelcnn as pc
 
     config = pc.Config(kind=kind, **(PIXELCNN_QUICK if run.quick else PIXELCNN_SIZE))
     B = BATCH_QUICK if run.quick else BATCH

@@ -32,9 +32,9 @@ def pixelcnnpp_case(run: Run, quick: bool) -> list:
     """Cached vs naive PixelCNN++ sampling -> the summary row."""
     import torch
 
-    from fast import backend as fb
-    from fast import pixelcnnpp as fpp
-    from reference import pixelcnnpp as pp
+    from chainrule.fast import backend as fb
+    from chainrule.fast import pixelcnnpp as fpp
+    from chainrule.reference import pixelcnnpp as pp
 
     config = pp.Config(**(QUICK if quick else SIZE))
     B = BATCH_QUICK if quick else BATCH

@@ -25,9 +25,9 @@ NPLM_QUICK = dict(vocab_size=101, order=4, n_embd=8, hidden=32, direct=True)
 
 def _models(quick: bool):
     """(name, reference module, fast module, config) for every model benched."""
-    from fast import nplm as fast_nplm
-    from fast import rnn as fast_rnn
-    from reference import nplm, rnn
+    from chainrule.fast import nplm as fast_nplm
+    from chainrule.fast import rnn as fast_rnn
+    from chainrule.reference import nplm, rnn
 
     args = QUICK if quick else FULL
     models = [(kind, rnn, fast_rnn, rnn.Config(kind=kind, **args)) for kind in rnn.KINDS]
@@ -39,7 +39,7 @@ def _models(quick: bool):
 def bench_rnn(run: Run) -> None:
     import torch
 
-    from fast import backend as fb
+    from chainrule.fast import backend as fb
 
     quick = run.quick
     B, T = (2, 16) if quick else (8, 64)

@@ -67,9 +67,9 @@ def _differing(a, b) -> int:
 def bench_sampling(run: Run) -> None:
     import torch
 
-    from fast import backend as fb
-    from fast import sampling as fs
-    from reference import sampling as rs
+    from chainrule.fast import backend as fb
+    from chainrule.fast import sampling as fs
+    from chainrule.reference import sampling as rs
 
     B, V = QUICK if run.quick else FULL
     rng = numpy.random.default_rng(0)

@@ -67,10 +67,10 @@ def bench_speculative(run: Run) -> None:
     import torch
 
     from chainrule import bench_models, data
-    from fast import gpt as fgpt
-    from fast import sampling as fs
-    from fast import speculative as fsp
-    from reference import speculative as sp
+    from chainrule.fast import gpt as fgpt
+    from chainrule.fast import sampling as fs
+    from chainrule.fast import speculative as fsp
+    from chainrule.reference import speculative as sp
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see the module docstring; restored below

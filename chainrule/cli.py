@@ -67,7 +67,7 @@ def _error(command: str, message: str) -> int:
 
 def _verify(args) -> int:
     from chainrule import verify
-    from fast import backend as fb
+    from chainrule.fast import backend as fb
 
     verify.load_checks()
 

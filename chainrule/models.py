@@ -57,21 +57,21 @@ class Model:
 _MODELS = {
     m.name: m
     for m in (
-        Model("gpt", "fast.gpt", "GPT-2 decoder-only transformer (Radford et al. 2019)", SEQUENCE_KINDS,
+        Model("gpt", "chainrule.fast.gpt", "GPT-2 decoder-only transformer (Radford et al. 2019)", SEQUENCE_KINDS,
               "stdlib-bytes", {"block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128}),
-        Model("lstm", "fast.rnn", "LSTM language model (Hochreiter & Schmidhuber 1997; Mikolov et al. 2010)",
+        Model("lstm", "chainrule.fast.rnn", "LSTM language model (Hochreiter & Schmidhuber 1997; Mikolov et al. 2010)",
               SEQUENCE_KINDS, "stdlib-bytes", {"kind": "lstm", "n_embd": 64, "hidden": 256, "n_layer": 1}, 128),
-        Model("gru", "fast.rnn", "GRU language model (Cho et al. 2014)", SEQUENCE_KINDS, "stdlib-bytes",
+        Model("gru", "chainrule.fast.rnn", "GRU language model (Cho et al. 2014)", SEQUENCE_KINDS, "stdlib-bytes",
               {"kind": "gru", "n_embd": 64, "hidden": 256, "n_layer": 1}, 128),
-        Model("nplm", "fast.nplm", "neural probabilistic language model (Bengio et al. 2003)", SEQUENCE_KINDS,
+        Model("nplm", "chainrule.fast.nplm", "neural probabilistic language model (Bengio et al. 2003)", SEQUENCE_KINDS,
               "stdlib-bytes", {"order": 6, "n_embd": 32, "hidden": 256}, 128),
-        Model("pixelcnn", "fast.pixelcnn", "PixelCNN with masked convolutions (van den Oord et al. 2016)",
+        Model("pixelcnn", "chainrule.fast.pixelcnn", "PixelCNN with masked convolutions (van den Oord et al. 2016)",
               IMAGE_KINDS, "digits", {"kind": "pixelcnn", "hidden": 32, "n_layers": 4, "kernel_size": 3,
                                       "input_kernel": 5}),
-        Model("gated", "fast.pixelcnn", "Gated PixelCNN (van den Oord et al. 2016, PixelCNN decoders)",
+        Model("gated", "chainrule.fast.pixelcnn", "Gated PixelCNN (van den Oord et al. 2016, PixelCNN decoders)",
               IMAGE_KINDS, "digits", {"kind": "gated", "hidden": 32, "n_layers": 5, "kernel_size": 3,
                                       "input_kernel": 5}),
-        Model("pixelcnnpp", "fast.pixelcnnpp", "PixelCNN++ with discretized logistic mixtures (Salimans et al. "
+        Model("pixelcnnpp", "chainrule.fast.pixelcnnpp", "PixelCNN++ with discretized logistic mixtures (Salimans et al. "
               "2017)", IMAGE_KINDS, "digits", {"nr_filters": 32, "nr_resnet": 1, "nr_logistic_mix": 5,
                                                "dropout_p": 0.0}),
     )
@@ -196,7 +196,7 @@ def field_type(model: Model, key: str) -> str:
 
 def init_params(model: Model, config, seed: int) -> dict:
     """The model's initialization, reference/<module>.init(config, default_rng(seed)): float64 NumPy arrays."""
-    reference = importlib.import_module("reference." + model.module.split(".")[-1])
+    reference = importlib.import_module("chainrule.reference." + model.module.split(".")[-1])
     return reference.init(config, np.random.default_rng(seed))
 
 
@@ -263,7 +263,7 @@ def sample(model: Model, params: dict, config, rng: np.random.Generator, n: int,
     every entry from its exact conditional (processors are not defined for them)."""
     import torch
 
-    from fast import sampling as fsampling
+    from chainrule.fast import sampling as fsampling
 
     fast = model.fast()
     if not model.sequence:

@@ -18,8 +18,8 @@ def blind_spot_fields(size: int = SIZE, position=POSITION, layers: int = LAYERS,
     layers - 1 residual blocks with a 3x3 mask-B convolution) and of a Gated PixelCNN of `layers`
     3x3 layers, at output pixel `position` of a grayscale size x size image, and the PixelCNN's
     blind spot there. -> {"pixelcnn", "gated", "blind_spot", "earlier", "configs"}."""
-    from reference import checks
-    from reference import pixelcnn as pc
+    from chainrule.reference import checks
+    from chainrule.reference import pixelcnn as pc
 
     rng = numpy.random.default_rng(seed)
     x = rng.integers(0, 4, (2, 1, size, size))
@@ -40,7 +40,7 @@ def blind_spot_fields(size: int = SIZE, position=POSITION, layers: int = LAYERS,
 def blind_spot_picture(path: str, size: int = SIZE, position=POSITION, layers: int = LAYERS) -> str:
     """Draw the PixelCNN's receptive field (with its blind spot hatched) next to the Gated PixelCNN's
     complete one into a PNG at `path`. Returns path."""
-    from reference import checks
+    from chainrule.reference import checks
 
     f = blind_spot_fields(size, position, layers)
     n_earlier = int(f["earlier"].sum())

@@ -106,7 +106,7 @@ def run(modules: Iterable[str] | None = None, backends: Iterable[str] | None = N
 
     ValueError for an unknown module or backend name.
     """
-    from fast import backend as fb
+    from chainrule.fast import backend as fb
 
     load_checks()
     modules = list(CHECKS) if modules is None else list(modules)
@@ -238,7 +238,7 @@ GPT_GRAD_COORDS = (  # a few parameter coordinates spread over the network (+ a 
 @functools.cache
 def _gpt_case() -> dict:
     """The fixed GPT case and its float64 reference truth (computed once per process)."""
-    from reference import checks, gpt
+    from chainrule.reference import checks, gpt
 
     config = gpt.Config(**GPT_CONFIG_ARGS)
     rng = numpy.random.default_rng(GPT_SEED)
@@ -267,8 +267,8 @@ class _TorchGPT:
     def __init__(self, backend, params, config):
         import torch
 
-        from fast import backend as fb
-        from fast import gpt as fgpt
+        from chainrule.fast import backend as fb
+        from chainrule.fast import gpt as fgpt
 
         self.torch, self.fb, self.gpt, self.config, self.device = torch, fb, fgpt, config, backend.device
         self.params = fb.to_torch(params, device=backend.device, dtype=backend.torch_dtype)
@@ -320,7 +320,7 @@ class _CupyGPT:
     def __init__(self, backend, params, config):
         import cupy
 
-        from reference import checks, gpt
+        from chainrule.reference import checks, gpt
 
         self.cp, self.gpt, self.checks, self.config = cupy, gpt, checks, config
         self.params = {k: cupy.asarray(v) for k, v in params.items()}
@@ -351,7 +351,7 @@ def causality_result(forward, tokens, vocab_size) -> Result:
     """The dependency matrix of tokens -> logits measured on the backend, bit for bit
     (`reference.checks.dependency_matrix`): logits[t] may depend on tokens[:t+1] only,
     and must depend on all of them. max_err = number of forbidden dependencies."""
-    from reference import checks
+    from chainrule.reference import checks
 
     D = checks.dependency_matrix(forward, tokens, vocab_size=vocab_size)
     allowed = checks.allowed_dependencies(*D.shape)
@@ -366,8 +366,8 @@ def causality_result(forward, tokens, vocab_size) -> Result:
 @register("gpt")
 def gpt_checks(backend):
     """GPT (reference.gpt vs fast.gpt) on one backend."""
-    from reference import checks
-    from reference import gpt as reference_gpt
+    from chainrule.reference import checks
+    from chainrule.reference import gpt as reference_gpt
 
     case = _gpt_case()
     config, tokens, dtype = case["config"], case["tokens"], backend.dtype
@@ -474,13 +474,13 @@ class _SamplingSide:
         if backend.kind == "cupy":
             import cupy
 
-            from reference import sampling
+            from chainrule.reference import sampling
 
             self.cp, self.sampling = cupy, sampling
         else:
             import torch
 
-            from fast import sampling
+            from chainrule.fast import sampling
 
             self.cp, self.torch, self.sampling = None, torch, sampling
 
@@ -495,7 +495,7 @@ class _SamplingSide:
         return torch.as_tensor(a, device=self.backend.device).to(dtype)
 
     def numpy(self, a):
-        from reference import checks
+        from chainrule.reference import checks
 
         if self.cp is not None:
             return a.get()
@@ -515,8 +515,8 @@ def sampling_checks(backend):
     uniforms, and the sampler's distribution (chi-square)."""
     from scipy import stats
 
-    from reference import checks
-    from reference import sampling as ref
+    from chainrule.reference import checks
+    from chainrule.reference import sampling as ref
 
     case, side, dtype = _sampling_case(), _SamplingSide(backend), backend.dtype
     kinds = case["kinds"]

@@ -30,7 +30,7 @@ SEED = 2017
 @functools.cache
 def _case() -> dict:
     """The fixed case and its float64 reference truth (computed once per process)."""
-    from reference import distributions as ref
+    from chainrule.reference import distributions as ref
 
     rng = numpy.random.default_rng(SEED)
     n = 13
@@ -62,7 +62,7 @@ def _case() -> dict:
 
 def _functions(case) -> dict:
     """name -> (reference function of a params dict, its float64 params)."""
-    from reference import distributions as ref
+    from chainrule.reference import distributions as ref
 
     x, x_rgb, x_cat = case["x"], case["x_rgb"], case["x_cat"]
     return {
@@ -110,12 +110,12 @@ class _Side:
         if backend.kind == "cupy":
             import cupy
 
-            from reference import distributions as mod
+            from chainrule.reference import distributions as mod
 
             self.mod, self.cp = mod, cupy
         else:
-            from fast import backend as fb
-            from fast import distributions as mod
+            from chainrule.fast import backend as fb
+            from chainrule.fast import distributions as mod
 
             self.mod, self.fb, self.cp = mod, fb, None
 
@@ -139,7 +139,7 @@ class _Side:
         return torch.as_tensor(a, dtype=torch.float64, device=self.backend.device)
 
     def numpy(self, a):
-        from reference.checks import as_float64
+        from chainrule.reference.checks import as_float64
 
         if self.cp is not None:
             a = a.get()
@@ -162,8 +162,8 @@ class _Side:
 @register("distributions")
 def distribution_checks(backend):
     """The image output distributions on one backend."""
-    from reference import checks
-    from reference import distributions as ref
+    from chainrule.reference import checks
+    from chainrule.reference import distributions as ref
 
     case = _case()
     side = _Side(backend)
@@ -204,8 +204,8 @@ def distribution_checks(backend):
 
 def _sample_result(side, case) -> Result:
     """RGB samples from the shared uniforms against the reference's draws from the held parameters."""
-    from reference import checks
-    from reference import distributions as ref
+    from chainrule.reference import checks
+    from chainrule.reference import distributions as ref
 
     P = side.params(case["rgb"])
     held = {k: side.numpy(v) for k, v in P.items()}  # float64: the case itself

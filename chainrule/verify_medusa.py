@@ -28,7 +28,7 @@ EPSILON, TEMPERATURE = 0.2, 0.8
 
 @functools.cache
 def _case() -> dict:
-    from reference import gpt, medusa
+    from chainrule.reference import gpt, medusa
 
     base = gpt.Config(**BASE_ARGS)
     config = medusa.Config.for_base(base, n_heads=N_HEADS, n_layers=N_LAYERS)
@@ -63,8 +63,8 @@ class _Side:
     """fast.medusa on a torch backend, or the reference itself on CuPy arrays."""
 
     def __init__(self, backend, case):
-        from fast import backend as fb
-        from reference import medusa
+        from chainrule.fast import backend as fb
+        from chainrule.reference import medusa
 
         self.backend, self.cupy = backend, backend.kind == "cupy"
         if self.cupy:
@@ -74,7 +74,7 @@ class _Side:
             self.P = {k: cupy.asarray(v) for k, v in case["params"].items()}
             self.H = {k: cupy.asarray(v) for k, v in case["heads"].items()}
         else:
-            from fast import medusa as fast_medusa
+            from chainrule.fast import medusa as fast_medusa
 
             self.m = fast_medusa
             self.P = fb.to_torch(case["params"], backend.device, backend.torch_dtype)
@@ -98,7 +98,7 @@ class _Side:
                               **self.kw(naive))  # fmt: skip
 
     def tree(self, case, naive=False):
-        from reference.checks import as_float64
+        from chainrule.reference.checks import as_float64
 
         base, buffers = case["base"], case["buffers"]
         cache = self.m.init_cache(self.P, base, PROMPT + len(buffers["depth"]))
@@ -122,8 +122,8 @@ class _Side:
 
 def _naive32(case):
     """The spec in float32 NumPy: forward and tree outputs (the float32 naive baseline)."""
-    from reference import medusa
-    from reference.checks import as_float64
+    from chainrule.reference import medusa
+    from chainrule.reference.checks import as_float64
 
     P = {k: v.astype(numpy.float32) for k, v in case["params"].items()}
     H = {k: v.astype(numpy.float32) for k, v in case["heads"].items()}
@@ -140,9 +140,9 @@ def _naive32(case):
 @register("medusa")
 def medusa_checks(backend):
     """Medusa (reference.medusa vs fast.medusa) on one backend."""
-    from fast import gpt as fast_gpt
-    from reference import checks
-    from reference import gpt as reference_gpt
+    from chainrule.fast import gpt as fast_gpt
+    from chainrule.reference import checks
+    from chainrule.reference import gpt as reference_gpt
 
     case = _case()
     dtype = backend.dtype

@@ -57,9 +57,9 @@ def ngram_checks(backend):
     one row per quantity, over every smoother at orders 3 and 5."""
     if backend.name != "torch-cpu-f64":
         return
-    from fast import ngram as fast
-    from reference import checks
-    from reference import ngram as ref
+    from chainrule.fast import ngram as fast
+    from chainrule.reference import checks
+    from chainrule.reference import ngram as ref
 
     train, test = _corpus(SEED, SENTENCES), _queries(SEED + 1)
     try:

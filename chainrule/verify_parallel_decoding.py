@@ -33,8 +33,8 @@ EXACT = 1e-13
 @functools.lru_cache(maxsize=1)
 def _case():
     """(config, params, prompt, reference results) -- computed once per process."""
-    from reference import gpt
-    from reference import parallel_decoding as pd
+    from chainrule.reference import gpt
+    from chainrule.reference import parallel_decoding as pd
 
     config = gpt.Config(vocab_size=29, block_size=32, n_layer=2, n_head=2, n_embd=6)
     rng = numpy.random.default_rng(SEED)
@@ -56,11 +56,11 @@ def _decoders(backend, params):
     if backend.kind == "cupy":
         import cupy
 
-        from reference import parallel_decoding as impl
+        from chainrule.reference import parallel_decoding as impl
 
         return impl, {k: cupy.asarray(v) for k, v in params.items()}, cupy.asarray
-    from fast import backend as fb
-    from fast import parallel_decoding as impl
+    from chainrule.fast import backend as fb
+    from chainrule.fast import parallel_decoding as impl
 
     return impl, fb.to_torch(params, backend.device, backend.torch_dtype), lambda a: a
 
@@ -77,7 +77,7 @@ def _same_steps(quantity, want, got) -> Result:
 
 
 def _exact_distribution() -> Result:
-    from reference import parallel_decoding as pd
+    from chainrule.reference import parallel_decoding as pd
 
     V, rng = 3, numpy.random.default_rng(SEED)
     p = rng.dirichlet(numpy.full(V, 0.6), size=(V, V))  # context: the last two tokens
@@ -100,8 +100,8 @@ def _exact_distribution() -> Result:
 @register("parallel_decoding")
 def parallel_decoding_checks(backend):
     """Jacobi and lookahead decoding (reference.parallel_decoding vs the backend)."""
-    from reference import checks
-    from reference import gpt
+    from chainrule.reference import checks
+    from chainrule.reference import gpt
 
     case = _case()
     config, params, prompt, u = case["config"], case["params"], case["prompt"], case["u"]
@@ -113,7 +113,7 @@ def parallel_decoding_checks(backend):
 
     fast = None
     if low:
-        from fast import gpt as fgpt
+        from chainrule.fast import gpt as fgpt
 
         def fast(x):  # the backend's step logits along its own sequence (prompt prefill, then steps)
             return checks.logits_through_cache(fgpt, P, config, fgpt.check_tokens(x, config, device=P["wte"].device),

@@ -37,8 +37,8 @@ def _sequence(a):
 
 @functools.cache
 def _case() -> dict:
-    from reference import checks
-    from reference import pixelcnn as pc
+    from chainrule.reference import checks
+    from chainrule.reference import pixelcnn as pc
 
     rng = numpy.random.default_rng(SEED)
     case = {}
@@ -82,14 +82,14 @@ class _Impl:
         if self.cupy:
             import cupy
 
-            from reference import pixelcnn
+            from chainrule.reference import pixelcnn
 
             self.xp, self.model = cupy, pixelcnn
         else:
             import torch
 
-            from fast import backend as fb
-            from fast import pixelcnn
+            from chainrule.fast import backend as fb
+            from chainrule.fast import pixelcnn
 
             self.torch, self.fb, self.model = torch, fb, pixelcnn
         self.backend = backend
@@ -111,7 +111,7 @@ class _Impl:
         return None if cond is None else {k: self.array(v) for k, v in cond.items()}
 
     def numpy(self, a):
-        from reference.checks import as_float64
+        from chainrule.reference.checks import as_float64
 
         if self.cupy:
             a = a.get()
@@ -134,7 +134,7 @@ class _Impl:
 
 
 def _naive(impl, dtype, reference_fn, method, P, params, config, x, cond=None):
-    from reference import checks
+    from chainrule.reference import checks
 
     if dtype == "float64" or impl.cupy:
         return None
@@ -146,8 +146,8 @@ def _naive(impl, dtype, reference_fn, method, P, params, config, x, cond=None):
 @register("pixelcnn")
 def pixelcnn_checks(backend):
     """PixelCNN and Gated PixelCNN (reference.pixelcnn vs fast.pixelcnn) on one backend."""
-    from reference import checks
-    from reference import pixelcnn as pc
+    from chainrule.reference import checks
+    from chainrule.reference import pixelcnn as pc
 
     case = _case()
     dtype = backend.dtype
@@ -194,7 +194,7 @@ def _grad(impl, g, which):
 
 def _causality(impl, c, P, name) -> Result:
     """The dependency tensor of x -> logits on the backend, bit for bit; max_err = forbidden dependencies."""
-    from reference import checks
+    from chainrule.reference import checks
 
     config = c["config"]
     D = checks.image_dependencies(lambda img: impl.forward(P, config, img, c["cond"]), c["x"], levels=config.levels,
@@ -208,7 +208,7 @@ def _causality(impl, c, P, name) -> Result:
 
 
 def _normalization(impl, c, dtype) -> Result:
-    from reference import checks
+    from chainrule.reference import checks
 
     config = c["config"]
     P = impl.params(c["params"])
@@ -226,8 +226,8 @@ def _normalization(impl, c, dtype) -> Result:
 def _field(impl, c) -> Result:
     """Receptive field at the last pixel, measured on the backend: PixelCNN = what its masks reach
     (the blind spot missed), Gated PixelCNN = every earlier pixel. max_err = pixels that differ."""
-    from reference import checks
-    from reference import pixelcnn as pc
+    from chainrule.reference import checks
+    from chainrule.reference import pixelcnn as pc
 
     config = c["config"]
     P = impl.params(c["params"])

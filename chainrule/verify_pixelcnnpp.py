@@ -27,8 +27,8 @@ BATCH = 2
 
 @functools.cache
 def _case() -> dict:
-    from reference import checks
-    from reference import pixelcnnpp as ref
+    from chainrule.reference import checks
+    from chainrule.reference import pixelcnnpp as ref
 
     config = ref.Config(height=4, width=8, channels=3, nr_filters=3, nr_resnet=1, nr_logistic_mix=2)
     params = ref.random_params(config, numpy.random.default_rng(107))
@@ -63,7 +63,7 @@ class _Side:
             self.cp = cupy
 
     def params(self, params):
-        from fast import backend as fb
+        from chainrule.fast import backend as fb
 
         if self.is_cupy:
             return {k: self.cp.asarray(v) for k, v in params.items()}
@@ -76,13 +76,13 @@ class _Side:
 
     @property
     def module(self):
-        from fast import pixelcnnpp as fast
-        from reference import pixelcnnpp as ref
+        from chainrule.fast import pixelcnnpp as fast
+        from chainrule.reference import pixelcnnpp as ref
 
         return ref if self.is_cupy else fast
 
     def f64(self, a):
-        from reference.checks import as_float64
+        from chainrule.reference.checks import as_float64
 
         return as_float64(a)
 
@@ -101,14 +101,14 @@ class _Side:
 
     def generate(self, P, config, u):
         """(images, their conditionals as forward's dict in float64 NumPy)."""
-        from reference import pixelcnnpp as ref
+        from chainrule.reference import pixelcnnpp as ref
 
         if self.is_cupy:
             x = self.cp.asnumpy(ref.generate(P, config, self.cp.asarray(u)))
             return x, {k: self.f64(v) for k, v in ref.forward(P, config, self.cp.asarray(x)).items()}
         import torch
 
-        from fast import pixelcnnpp as fast
+        from chainrule.fast import pixelcnnpp as fast
 
         H, W = config.height, config.width
         with torch.inference_mode():
@@ -127,8 +127,8 @@ class _Side:
 @register("pixelcnnpp")
 def pixelcnnpp_checks(backend):
     """PixelCNN++ (reference.pixelcnnpp vs fast.pixelcnnpp) on one backend."""
-    from reference import checks
-    from reference import pixelcnnpp as ref
+    from chainrule.reference import checks
+    from chainrule.reference import pixelcnnpp as ref
 
     case, side, dtype = _case(), _Side(backend), backend.dtype
     config, params, x = case["config"], case["params"], case["x"]
@@ -144,8 +144,8 @@ def pixelcnnpp_checks(backend):
             return checks.naive_float32(lambda p: fn(ref, p, lambda a: a), params)
         import torch
 
-        from fast import backend as fb
-        from fast import pixelcnnpp as fast
+        from chainrule.fast import backend as fb
+        from chainrule.fast import pixelcnnpp as fast
 
         with torch.no_grad():
             return checks.as_float64(fn(fast, fb.to_torch(params, "cpu", torch.bfloat16), torch.as_tensor))
@@ -159,7 +159,7 @@ def pixelcnnpp_checks(backend):
                          naive=naive(lambda m, p, im: m.log_prob(p, config, im(x),
                                                                  rng=numpy.random.default_rng(SEED + 2))))  # fmt: skip
     if backend.kind == "torch" and not low:
-        from fast import pixelcnnpp as fast
+        from chainrule.fast import pixelcnnpp as fast
 
         G = {k: v.detach().clone().requires_grad_(True) for k, v in P.items()}
         (-fast.log_prob(G, config, side.images(x)).sum() / x.size).backward()

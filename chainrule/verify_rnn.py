@@ -38,7 +38,7 @@ ENUM_V, ENUM_T = 3, 3
 @functools.cache
 def _case(model: str, key: str) -> dict:
     """The fixed case of one model and its float64 reference truth (computed once per process)."""
-    from reference import checks
+    from chainrule.reference import checks
 
     ref = importlib.import_module(f"reference.{model}")
     args = RNN_CONFIGS[key] if model == "rnn" else NPLM_CONFIG
@@ -83,7 +83,7 @@ class _Impl:
         else:
             import torch
 
-            from fast import backend as fb
+            from chainrule.fast import backend as fb
 
             self.torch, self.module = torch, importlib.import_module(f"fast.{model}")
             self.params = fb.to_torch(params, device=backend.device, dtype=backend.torch_dtype)
@@ -95,7 +95,7 @@ class _Impl:
         return self.torch.as_tensor(a, dtype=self.torch.int64, device=self.backend.device)
 
     def _out(self, a):
-        from reference import checks
+        from chainrule.reference import checks
 
         if self.cupy:
             return a.get()
@@ -135,7 +135,7 @@ class _Impl:
 
 def _dependency_result(prefix, forward, tokens, vocab_size, allowed, what) -> Result:
     """The measured dependency matrix of tokens -> logits must equal `allowed` bit for bit."""
-    from reference import checks
+    from chainrule.reference import checks
 
     D = checks.dependency_matrix(forward, tokens, vocab_size=vocab_size)
     forbidden, missing = int((D & ~allowed).sum()), int((allowed & ~D).sum())
@@ -147,7 +147,7 @@ def _dependency_result(prefix, forward, tokens, vocab_size, allowed, what) -> Re
 
 
 def _model_checks(backend, model: str, key: str, prefix: str):
-    from reference import checks
+    from chainrule.reference import checks
 
     case = _case(model, key)
     ref, config, tokens, params = case["ref"], case["config"], case["tokens"], case["params"]

@@ -29,8 +29,8 @@ SEED = 2024
 
 @functools.cache
 def _case() -> dict:
-    from reference import gpt
-    from reference import speculative as sp
+    from chainrule.reference import gpt
+    from chainrule.reference import speculative as sp
 
     rng = numpy.random.default_rng(SEED)
     et, ed = gpt.Config(**ENUM_TARGET), gpt.Config(**ENUM_DRAFT)
@@ -53,15 +53,15 @@ def _backend_model(backend, params, config):
     if backend.kind == "cupy":
         import cupy
 
-        from reference import speculative as sp
+        from chainrule.reference import speculative as sp
 
         model = sp.gpt_model({k: cupy.asarray(v) for k, v in params.items()}, config)
         return lambda seq: cupy.asnumpy(model(cupy.asarray(seq)))
     import torch
 
-    from fast import backend as fb
-    from fast import gpt as fgpt
-    from fast import sampling as fs
+    from chainrule.fast import backend as fb
+    from chainrule.fast import gpt as fgpt
+    from chainrule.fast import sampling as fs
 
     P = fb.to_torch(params, device=backend.device, dtype=backend.torch_dtype)
 
@@ -77,14 +77,14 @@ def _generate(backend, target, draft, config, prompt, u):
     if backend.kind == "cupy":
         import cupy
 
-        from reference import speculative as sp
+        from chainrule.reference import speculative as sp
 
         T = sp.gpt_model({k: cupy.asarray(v) for k, v in target.items()}, config)
         D = sp.gpt_model({k: cupy.asarray(v) for k, v in draft.items()}, config)
         rows = [sp.generate(T, D, cupy.asarray(prompt[b]), GEN_K, GEN_N, u=cupy.asarray(u[b])) for b in range(GEN_B)]
         return numpy.stack([cupy.asnumpy(r[0]) for r in rows]), [cupy.asnumpy(r[1]) for r in rows]
-    from fast import backend as fb
-    from fast import speculative as fsp
+    from chainrule.fast import backend as fb
+    from chainrule.fast import speculative as fsp
 
     T = (fb.to_torch(target, device=backend.device, dtype=backend.torch_dtype), config)
     D = (fb.to_torch(draft, device=backend.device, dtype=backend.torch_dtype), config)
@@ -96,7 +96,7 @@ def _generate(backend, target, draft, config, prompt, u):
 @register("speculative")
 def speculative_checks(backend):
     """Speculative decoding on one backend (module docstring)."""
-    from reference import speculative as sp
+    from chainrule.reference import speculative as sp
 
     case = _case()
     tp, tc, dp, dc = case["enum"]

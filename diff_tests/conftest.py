@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from fast import backend as fb
-from fast import gpt as fast_gpt
-from fast import sampling as fast_sampling
-from reference import gpt as ref_gpt
-from reference import sampling as ref_sampling
-from reference.checks import as_float64, assert_close, logits_through_cache, naive_float32
+from chainrule.fast import backend as fb
+from chainrule.fast import gpt as fast_gpt
+from chainrule.fast import sampling as fast_sampling
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import sampling as ref_sampling
+from chainrule.reference.checks import as_float64, assert_close, logits_through_cache, naive_float32
 
 # ----------------------------------------------------------------------------- backends
 

@@ -24,10 +24,10 @@ import pytest
 import torch
 
 from diff_tests.conftest import check
-from fast import beam as fast_beam
-from reference import beam as ref_beam
-from reference import gpt as ref_gpt
-from reference import nn
+from chainrule.fast import beam as fast_beam
+from chainrule.reference import beam as ref_beam
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import nn
 
 CONFIG = ref_gpt.Config(vocab_size=9, block_size=12, n_layer=2, n_head=2, n_embd=8)
 PROMPT = np.array([[1, 4, 2], [0, 0, 7]])

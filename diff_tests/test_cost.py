@@ -30,10 +30,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fast import backend as fb
-from fast import gpt as fast_gpt
-from reference import cost
-from reference import gpt as ref_gpt
+from chainrule.fast import backend as fb
+from chainrule.fast import gpt as fast_gpt
+from chainrule.reference import cost
+from chainrule.reference import gpt as ref_gpt
 
 CONFIGS = [
     ref_gpt.Config(vocab_size=59, block_size=23, n_layer=2, n_head=3, n_embd=33),

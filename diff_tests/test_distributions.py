@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from diff_tests.conftest import check
-from fast import distributions as fast_dist
-from reference import distributions as ref_dist
-from reference.checks import (
+from chainrule.fast import distributions as fast_dist
+from chainrule.reference import distributions as ref_dist
+from chainrule.reference.checks import (
     FD_ACCURACY,
     JUDGE_FACTOR,
     MIN_JUDGED,

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from diff_tests.conftest import check
-from fast import gpt as fast_gpt
-from reference import gpt as ref_gpt
-from reference.checks import FD_ACCURACY, assert_tokens, finite_difference_grad
+from chainrule.fast import gpt as fast_gpt
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference.checks import FD_ACCURACY, assert_tokens, finite_difference_grad
 
 CONFIGS = {
     # head_dim 1: three one-dimensional heads

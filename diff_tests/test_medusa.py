@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from diff_tests.conftest import check
-from fast import gpt as fast_gpt
-from fast import medusa as fast_medusa
-from reference import gpt as ref_gpt
-from reference import medusa
-from reference.checks import as_float64, assert_tokens
+from chainrule.fast import gpt as fast_gpt
+from chainrule.fast import medusa as fast_medusa
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import medusa
+from chainrule.reference.checks import as_float64, assert_tokens
 
 CASES = {
     "v59": dict(base=ref_gpt.Config(vocab_size=59, block_size=64, n_layer=2, n_head=3, n_embd=9, bos_token=3),

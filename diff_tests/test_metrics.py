@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fast import metrics as fast_metrics
-from reference import metrics as ref_metrics
+from chainrule.fast import metrics as fast_metrics
+from chainrule.reference import metrics as ref_metrics
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

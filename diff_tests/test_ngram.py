@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fast import ngram as fast
-from reference import ngram as ref
+from chainrule.fast import ngram as fast
+from chainrule.reference import ngram as ref
 
 ORDERS = (1, 2, 3, 5)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import nn
+from chainrule.reference import nn
 from diff_tests.conftest import check
-from reference.checks import assert_close
+from chainrule.reference.checks import assert_close
 
 
 def t(a):
@@ -138,7 +138,7 @@ def _side_nn(side):
     """fast.nn on torch backends; reference.nn itself on CuPy."""
     if side.is_cupy:
         return nn
-    from fast import nn as fast_nn
+    from chainrule.fast import nn as fast_nn
 
     return fast_nn
 

@@ -19,8 +19,8 @@ import pytest
 
 from diff_tests.conftest import check
 from diff_tests.test_rnn import ModelSide, check_generation, check_gradient, gradient_truth
-from fast import nplm as fast_nplm
-from reference import nplm as ref_nplm
+from chainrule.fast import nplm as fast_nplm
+from chainrule.reference import nplm as ref_nplm
 
 BATCH = 2
 

@@ -25,11 +25,11 @@ import functools
 import numpy as np
 import pytest
 
-from fast import parallel_decoding as fpd
-from reference import gpt as ref_gpt
-from reference import parallel_decoding as pd
+from chainrule.fast import parallel_decoding as fpd
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import parallel_decoding as pd
 from diff_tests.conftest import check
-from reference.checks import assert_tokens
+from chainrule.reference.checks import assert_tokens
 
 CONFIGS = {
     "hd1": ref_gpt.Config(vocab_size=59, block_size=59, n_layer=2, n_head=3, n_embd=3, bos_token=7),
@@ -182,7 +182,7 @@ def test_step_logits(side, name):
                                             fpd.lookahead_mask(3, 5, 3, 3, P["wte"].device)))  # fmt: skip
     naive = None
     if side.dtype == "float32":
-        from reference.checks import naive_float32
+        from chainrule.reference.checks import naive_float32
 
         naive = naive_float32(lambda p: _reference_step(p, config, prefix, levels, cands), params)
     check("lookahead step logits (3 levels x 5 columns, 3 candidates)", truth, got, side, naive=naive)

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from diff_tests.conftest import check
-from fast import pixelcnn as fast_pc
-from reference import pixelcnn as pc
-from reference.checks import FD_ACCURACY, assert_tokens, finite_difference_grad, naive_float32
+from chainrule.fast import pixelcnn as fast_pc
+from chainrule.reference import pixelcnn as pc
+from chainrule.reference.checks import FD_ACCURACY, assert_tokens, finite_difference_grad, naive_float32
 
 CASES = {
     "pixelcnn-rgb": dict(kind="pixelcnn", channels=3, height=4, width=5, levels=7, hidden=7, n_layers=2,

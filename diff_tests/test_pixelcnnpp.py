@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from diff_tests.conftest import check
-from fast import backend as fb
-from fast import pixelcnnpp as fast_pp
-from reference import pixelcnnpp as ref_pp
-from reference.checks import FD_ACCURACY, as_float64, finite_difference_grad, naive_float32
+from chainrule.fast import backend as fb
+from chainrule.fast import pixelcnnpp as fast_pp
+from chainrule.reference import pixelcnnpp as ref_pp
+from chainrule.reference.checks import FD_ACCURACY, as_float64, finite_difference_grad, naive_float32
 
 CONFIGS = {
     "rgb-4x8": ref_pp.Config(height=4, width=8, channels=3, nr_filters=3, nr_resnet=1, nr_logistic_mix=2),

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from diff_tests.conftest import check
-from fast import backend as fb
-from fast import rnn as fast_rnn
-from reference import rnn as ref_rnn
-from reference.checks import (
+from chainrule.fast import backend as fb
+from chainrule.fast import rnn as fast_rnn
+from chainrule.reference import rnn as ref_rnn
+from chainrule.reference.checks import (
     FD_ACCURACY, as_float64, assert_tokens, finite_difference_grad, logits_through_cache, naive_float32,
 )  # fmt: skip
 

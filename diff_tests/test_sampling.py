@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from diff_tests.conftest import check
-from reference import nn
-from reference import sampling as ref
+from chainrule.reference import nn
+from chainrule.reference import sampling as ref
 
 
 def _logits(rng, shape, scale=3.0):
@@ -234,7 +234,7 @@ def test_chain_drives_generate(side):
     """chain(spec) as generate's processors: the same tokens as the reference (float64)."""
     if side.dtype != "float64":
         pytest.skip("token identity is judged in float64 (low precision: compare_tokens in test_gpt)")
-    from reference import gpt as ref_gpt
+    from chainrule.reference import gpt as ref_gpt
 
     config = ref_gpt.Config(vocab_size=11, block_size=12, n_layer=1, n_head=2, n_embd=8)
     params = ref_gpt.random_params(config, np.random.default_rng(0))

@@ -17,11 +17,11 @@ import functools
 import numpy as np
 import pytest
 
-from fast import sampling as fast_sampling
-from fast import speculative as fast_spec
-from reference import gpt as ref_gpt
-from reference import sampling as ref_sampling
-from reference import speculative as ref_spec
+from chainrule.fast import sampling as fast_sampling
+from chainrule.fast import speculative as fast_spec
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import sampling as ref_sampling
+from chainrule.reference import speculative as ref_spec
 
 TARGET = ref_gpt.Config(vocab_size=13, block_size=29, n_layer=2, n_head=3, n_embd=15)
 SMALL = ref_gpt.Config(vocab_size=13, block_size=29, n_layer=1, n_head=1, n_embd=5)

@@ -14,7 +14,7 @@ token whose reference margin is at least 4x its measured flip bound, and at leas
 MIN_JUDGED of them (float32 50%, bfloat16 25% greedy / 10% sampled, for >= 20 tokens).
 """
 
-from reference.checks import (
+from chainrule.reference.checks import (
     MIN_JUDGED,
     TOLERANCES,
     Comparison,

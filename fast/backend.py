@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy
 import torch
 
-from reference.xp import cupy_module, is_cupy, to_numpy
+from chainrule.reference.xp import cupy_module, is_cupy, to_numpy
 
 _TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 

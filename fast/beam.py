@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from fast import gpt as fast_gpt
-from fast.gpt import KVCache
-from reference.beam import BeamSearchResult, check_arguments
+from chainrule.fast import gpt as fast_gpt
+from chainrule.fast.gpt import KVCache
+from chainrule.reference.beam import BeamSearchResult, check_arguments
 
 __all__ = ["BeamSearchResult", "gpt_beam_search"]
 

@@ -39,8 +39,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fast import sampling as _sampling
-from reference import distributions as _ref
+from chainrule.fast import sampling as _sampling
+from chainrule.reference import distributions as _ref
 
 LOG_SCALE_FLOOR = _ref.LOG_SCALE_FLOOR
 RGB_KEYS = _ref.RGB_KEYS

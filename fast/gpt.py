@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from fast import metrics, sampling
-from fast.backend import checked_tensors, checked_tokens
-from reference import gpt as _reference
-from reference.gpt import Config, check_params, from_hf_gpt2, init, param_shapes, to_hf_gpt2
+from chainrule.fast import metrics, sampling
+from chainrule.fast.backend import checked_tensors, checked_tokens
+from chainrule.reference import gpt as _reference
+from chainrule.reference.gpt import Config, check_params, from_hf_gpt2, init, param_shapes, to_hf_gpt2
 
 __all__ = [
     "Config", "param_shapes", "init", "check_params", "from_hf_gpt2", "to_hf_gpt2",

@@ -29,12 +29,12 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from fast import gpt as fast_gpt
-from fast import train as fast_train
-from fast.backend import to_torch
-from reference import medusa as _reference
-from reference.gpt import Config as GPTConfig
-from reference.medusa import (
+from chainrule.fast import gpt as fast_gpt
+from chainrule.fast import train as fast_train
+from chainrule.fast.backend import to_torch
+from chainrule.reference import medusa as _reference
+from chainrule.reference.gpt import Config as GPTConfig
+from chainrule.reference.medusa import (
     DEFAULT_EPSILON, LOSS_DECAY, MC_SIM_7B_63, MODES, Config, check_base, check_choices, init, loss_weights,
     param_shapes, prune, random_params, tree_buffers,
 )  # fmt: skip

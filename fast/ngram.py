@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reference import ngram as ref
+from chainrule.reference import ngram as ref
 
 BOS, EOS, UNK = ref.BOS, ref.EOS, ref.UNK
 SMOOTHERS, NORMALIZED, KN_FALLBACK, ARPA_LOG_ZERO = ref.SMOOTHERS, ref.NORMALIZED, ref.KN_FALLBACK, ref.ARPA_LOG_ZERO

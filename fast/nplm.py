@@ -24,10 +24,10 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from fast import metrics, sampling
-from fast.backend import checked_tensors, checked_tokens
-from reference import nplm as _reference
-from reference.nplm import Config, init, param_shapes, random_params
+from chainrule.fast import metrics, sampling
+from chainrule.fast.backend import checked_tensors, checked_tokens
+from chainrule.reference import nplm as _reference
+from chainrule.reference.nplm import Config, init, param_shapes, random_params
 
 __all__ = ["Config", "init", "random_params", "param_shapes", "checked_params", "check_tokens", "windows",
            "forward", "log_prob", "init_cache", "prefill", "step", "generate", "greedy", "sample"]  # fmt: skip

@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fast import gpt as fgpt
-from reference import parallel_decoding as _ref
-from reference.parallel_decoding import (DecodeStats, add_ngrams, initial_guess, initial_window, prompt_pool,
+from chainrule.fast import gpt as fgpt
+from chainrule.reference import parallel_decoding as _ref
+from chainrule.reference.parallel_decoding import (DecodeStats, add_ngrams, initial_guess, initial_window, prompt_pool,
                                          verify_greedy, verify_point_mass)  # fmt: skip
 
 __all__ = ["DecodeStats", "jacobi_decode", "lookahead_decode", "lookahead_mask", "masked_run", "verify_greedy",

@@ -36,10 +36,10 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from fast import distributions as fdist
-from fast.backend import checked_tensors
-from reference import pixelcnn as _reference
-from reference.pixelcnn import (
+from chainrule.fast import distributions as fdist
+from chainrule.fast.backend import checked_tensors
+from chainrule.reference import pixelcnn as _reference
+from chainrule.reference.pixelcnn import (
     Config,
     blind_spot,
     channel_groups,
@@ -52,7 +52,7 @@ from reference.pixelcnn import (
     random_params,
     reachable,
 )
-from reference.xp import to_numpy
+from chainrule.reference.xp import to_numpy
 
 __all__ = [
     "Config", "param_shapes", "init", "random_params", "check_params", "masks", "channel_groups",

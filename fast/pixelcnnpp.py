@@ -30,10 +30,10 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from fast import distributions as dist
-from fast import sampling as fast_sampling
-from fast.backend import checked_tensors
-from reference.pixelcnnpp import (  # noqa: F401  (Config and the layout are shared with the reference)
+from chainrule.fast import distributions as dist
+from chainrule.fast import sampling as fast_sampling
+from chainrule.fast.backend import checked_tensors
+from chainrule.reference.pixelcnnpp import (  # noqa: F401  (Config and the layout are shared with the reference)
     LEVELS,
     U_KERNEL,
     UL_KERNEL,
@@ -43,7 +43,7 @@ from reference.pixelcnnpp import (  # noqa: F401  (Config and the layout are sha
     param_shapes,
     uniforms_shape,
 )
-from reference.xp import is_cupy
+from chainrule.reference.xp import is_cupy
 
 
 

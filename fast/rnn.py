@@ -35,13 +35,13 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from fast import metrics, sampling
-from fast.backend import checked_tensors, checked_tokens
-from reference import rnn as _reference
-from reference.rnn import (
+from chainrule.fast import metrics, sampling
+from chainrule.fast.backend import checked_tensors, checked_tokens
+from chainrule.reference import rnn as _reference
+from chainrule.reference.rnn import (
     GATES, KINDS, MODES, Config, init, layer_shapes, layer_sizes, param_shapes, random_params, recurrent_params,
 )  # fmt: skip
-from reference.xp import to_numpy
+from chainrule.reference.xp import to_numpy
 
 __all__ = [
     "Config", "KINDS", "MODES", "GATES", "init", "random_params", "param_shapes", "layer_shapes", "layer_sizes",

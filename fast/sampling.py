@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from reference import sampling as _ref
+from chainrule.reference import sampling as _ref
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:

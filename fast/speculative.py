@@ -56,8 +56,8 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from fast import gpt, sampling
-from reference.speculative import acceptance_rate, expected_speedup, expected_tokens_per_step, uniforms_per_step
+from chainrule.fast import gpt, sampling
+from chainrule.reference.speculative import acceptance_rate, expected_speedup, expected_tokens_per_step, uniforms_per_step
 
 __all__ = ["generate", "inverse_cdf", "residual", "acceptance_rate", "expected_tokens_per_step",
            "expected_speedup", "uniforms_per_step"]  # fmt: skip

@@ -116,7 +116,7 @@ from typing import Any, Callable
 import numpy
 import torch
 
-from fast.backend import to_torch
+from chainrule.fast.backend import to_torch
 
 __all__ = [
     "DTYPES", "METRICS", "TrainConfig", "Trainable", "History", "TrainResult", "learning_rate",

@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from reference import gpt as ref_gpt
+from chainrule.reference import gpt as ref_gpt
 
 settings.register_profile(
     "ci", derandomize=True, max_examples=25, deadline=None, print_blob=True,

@@ -27,11 +27,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from properties.conftest import gpt_models, seeds
-from fast import beam as fast_beam
-from reference import beam
-from reference import gpt as ref_gpt
-from reference import nn
-from reference.checks import assert_pure
+from chainrule.fast import beam as fast_beam
+from chainrule.reference import beam
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import nn
+from chainrule.reference.checks import assert_pure
 
 EARLY = st.sampled_from([True, False, "never"])
 

@@ -23,9 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fast import distributions as fast
-from reference import distributions as ref
-from reference.checks import assert_pure, sampler_goodness_of_fit
+from chainrule.fast import distributions as fast
+from chainrule.reference import distributions as ref
+from chainrule.reference.checks import assert_pure, sampler_goodness_of_fit
 
 LEVELS = st.sampled_from([2, 17, 256])
 EPS = 2.0**-52

@@ -17,11 +17,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fast import backend as fb
-from fast import gpt as fast_gpt
+from chainrule.fast import backend as fb
+from chainrule.fast import gpt as fast_gpt
 from properties.conftest import gpt_models, seeds, tokens_for
-from reference import gpt as ref_gpt
-from reference.checks import assert_causal, assert_close, assert_normalized, assert_pure
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference.checks import assert_causal, assert_close, assert_normalized, assert_pure
 
 FAST_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -66,7 +66,7 @@ def test_fast_is_causal_bit_exact(dtype, model, data):
 def test_log_prob_of_every_prefix_is_a_partial_sum(model, data):
     """log p(x_1..x_t) scored on the prefix alone = the first t chain-rule terms of the
     whole sequence: the terms up to t do not depend on the tokens after t."""
-    from reference import nn
+    from chainrule.reference import nn
 
     config, params = model
     x = data.draw(tokens_for(config))

@@ -24,13 +24,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fast import backend as fb
-from fast import gpt as fast_gpt
-from fast import medusa as fast_medusa
+from chainrule.fast import backend as fb
+from chainrule.fast import gpt as fast_gpt
+from chainrule.fast import medusa as fast_medusa
 from properties.conftest import seeds
-from reference import gpt as ref_gpt
-from reference import medusa
-from reference.checks import assert_close, assert_pure
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import medusa
+from chainrule.reference.checks import assert_close, assert_pure
 
 
 def random_tree(rng: np.random.Generator, n_heads: int, vocab_size: int, max_nodes: int = 9):

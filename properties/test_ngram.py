@@ -11,8 +11,8 @@ import numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference import ngram as ng
-from reference.checks import assert_close
+from chainrule.reference import ngram as ng
+from chainrule.reference.checks import assert_close
 
 WORDS = ("a", "b", "c", "d", "e")
 

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from reference import nn
-from reference.checks import assert_causal
+from chainrule.reference import nn
+from chainrule.reference.checks import assert_causal
 
 finite = st.floats(-50.0, 50.0, allow_nan=False, allow_infinity=False)
 

@@ -21,11 +21,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fast import backend as fb
-from fast import nplm as fast_nplm
+from chainrule.fast import backend as fb
+from chainrule.fast import nplm as fast_nplm
 from properties.conftest import seeds
-from reference import nplm as ref_nplm
-from reference.checks import assert_close, assert_normalized, assert_pure, dependency_matrix, format_dependency_matrix
+from chainrule.reference import nplm as ref_nplm
+from chainrule.reference.checks import assert_close, assert_normalized, assert_pure, dependency_matrix, format_dependency_matrix
 
 FAST_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

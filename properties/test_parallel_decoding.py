@@ -21,12 +21,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fast import backend as fb
-from fast import parallel_decoding as fpd
+from chainrule.fast import backend as fb
+from chainrule.fast import parallel_decoding as fpd
 from properties.conftest import gpt_models, seeds
-from reference import gpt as ref_gpt
-from reference import parallel_decoding as pd
-from reference.checks import assert_pure, sampler_goodness_of_fit
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import parallel_decoding as pd
+from chainrule.reference.checks import assert_pure, sampler_goodness_of_fit
 
 EXACT = 1e-13
 
@@ -215,7 +215,7 @@ def test_lookahead_sampling_distribution_on_a_gpt():
     params = ref_gpt.random_params(config, np.random.default_rng(3))
     prompt = np.array([[0, 1, 2, 0, 2, 1, 0]])
     logits = ref_gpt.forward(params, config, np.concatenate([np.repeat(prompt, 3, 0), np.arange(3)[:, None]], 1))
-    from reference import nn
+    from chainrule.reference import nn
 
     p1 = nn.softmax(logits[0, -2])  # (V,) first new token
     p2 = nn.softmax(logits[:, -1])  # (V, V) second new token given the first

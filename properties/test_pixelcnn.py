@@ -20,11 +20,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fast import backend as fb
-from fast import pixelcnn as fast_pc
+from chainrule.fast import backend as fb
+from chainrule.fast import pixelcnn as fast_pc
 from properties.conftest import seeds
-from reference import checks
-from reference import pixelcnn as pc
+from chainrule.reference import checks
+from chainrule.reference import pixelcnn as pc
 
 FAST_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 VARIANTS = ("pixelcnn", "gated", "class", "spatial", "class+spatial")

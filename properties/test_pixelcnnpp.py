@@ -24,11 +24,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fast import backend as fb
-from fast import pixelcnnpp as fast_pp
+from chainrule.fast import backend as fb
+from chainrule.fast import pixelcnnpp as fast_pp
 from properties.conftest import seeds
-from reference import pixelcnnpp as ref_pp
-from reference.checks import TOLERANCES, assert_close, assert_image_causal, assert_pure, enumerate_sequences
+from chainrule.reference import pixelcnnpp as ref_pp
+from chainrule.reference.checks import TOLERANCES, assert_close, assert_image_causal, assert_pure, enumerate_sequences
 
 
 @st.composite

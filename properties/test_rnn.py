@@ -21,11 +21,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fast import backend as fb
-from fast import rnn as fast_rnn
+from chainrule.fast import backend as fb
+from chainrule.fast import rnn as fast_rnn
 from properties.conftest import seeds
-from reference import rnn as ref_rnn
-from reference.checks import assert_causal, assert_close, assert_normalized, assert_pure
+from chainrule.reference import rnn as ref_rnn
+from chainrule.reference.checks import assert_causal, assert_close, assert_normalized, assert_pure
 
 FAST_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fast import sampling as fast
-from reference import sampling as ref
-from reference.checks import assert_pure, sampler_goodness_of_fit
+from chainrule.fast import sampling as fast
+from chainrule.reference import sampling as ref
+from chainrule.reference.checks import assert_pure, sampler_goodness_of_fit
 
 
 @st.composite

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from properties.conftest import seeds
-from reference import checks
-from reference import speculative as sp
+from chainrule.reference import checks
+from chainrule.reference import speculative as sp
 
 EXACT_ATOL = 1e-13
 

@@ -68,9 +68,9 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import gpt
-from reference import nn
-from reference.xp import namespace
+from chainrule.reference import gpt
+from chainrule.reference import nn
+from chainrule.reference.xp import namespace
 
 EARLY_STOPPING = (True, False, "never")
 

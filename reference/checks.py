@@ -460,7 +460,7 @@ def compare_tokens(quantity: str, prompt, tokens, reference, dtype, *, u=None, f
     if low and f is None:
         raise ValueError(f"fast: expected the implementation's step logits in {name} (how far they are from "
                          f"the reference's sets which tokens can be judged), got None")  # fmt: skip
-    from reference import nn, sampling
+    from chainrule.reference import nn, sampling
 
     if u is None:
         want = sampling.greedy(ref)  # (B, N)
@@ -1305,7 +1305,7 @@ def speculative_sampler_test(step_fn, target, draft, prefix, k: int, n: int, *, 
     sampler fails with probability about alpha; one whose first `length` tokens are off by d in
     total variation is caught once n d^2 is large compared with V**length.
     """
-    from reference.speculative import target_distribution
+    from chainrule.reference.speculative import target_distribution
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n: expected an int >= 1, got {n!r}")

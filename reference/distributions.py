@@ -79,9 +79,9 @@ from __future__ import annotations
 import contextlib
 import math
 
-from reference import nn
-from reference import sampling
-from reference.xp import namespace
+from chainrule.reference import nn
+from chainrule.reference import sampling
+from chainrule.reference.xp import namespace
 
 # openai/pixel-cnn's floor on log-scales (applied by `unpack_pixelcnn_output`, not by the distribution).
 LOG_SCALE_FLOOR = -7.0

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import checks, metrics, nn
-from reference import sampling
-from reference.xp import namespace, to_numpy
+from chainrule.reference import checks, metrics, nn
+from chainrule.reference import sampling
+from chainrule.reference.xp import namespace, to_numpy
 
 
 # ----------------------------------------------------------------------------- config

@@ -73,8 +73,8 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import checks, gpt, nn
-from reference.xp import namespace
+from chainrule.reference import checks, gpt, nn
+from chainrule.reference.xp import namespace
 
 MODES = ("greedy", "typical")
 

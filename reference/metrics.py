@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from reference import nn
-from reference.xp import namespace
+from chainrule.reference import nn
+from chainrule.reference.xp import namespace
 
 
 def nll(log_probs):

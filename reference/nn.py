@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from reference.xp import namespace, special
+from chainrule.reference.xp import namespace, special
 
 
 def linear(x, w, b=None):

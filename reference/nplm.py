@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import checks, metrics, nn
-from reference import sampling
-from reference.xp import namespace
+from chainrule.reference import checks, metrics, nn
+from chainrule.reference import sampling
+from chainrule.reference.xp import namespace
 
 
 def _is_int(value) -> bool:

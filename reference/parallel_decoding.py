@@ -77,10 +77,10 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import gpt
-from reference import nn
-from reference import sampling
-from reference.xp import namespace, to_numpy
+from chainrule.reference import gpt
+from chainrule.reference import nn
+from chainrule.reference import sampling
+from chainrule.reference.xp import namespace, to_numpy
 
 
 # ----------------------------------------------------------------------------- results

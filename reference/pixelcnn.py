@@ -93,8 +93,8 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import checks, distributions, nn
-from reference.xp import namespace
+from chainrule.reference import checks, distributions, nn
+from chainrule.reference.xp import namespace
 
 KINDS = ("pixelcnn", "gated")
 

@@ -66,8 +66,8 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import checks, distributions as dist
-from reference.xp import namespace
+from chainrule.reference import checks, distributions as dist
+from chainrule.reference.xp import namespace
 
 LEVELS = 3  # resolutions H, H/2, H/4 (two stride-2 down-samplings), as in the paper
 U_KERNEL = (2, 3)  # the vertical (down-shifted) stream

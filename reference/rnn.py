@@ -58,9 +58,9 @@ from dataclasses import dataclass
 
 import numpy
 
-from reference import checks, metrics, nn
-from reference import sampling
-from reference.xp import namespace, special
+from chainrule.reference import checks, metrics, nn
+from chainrule.reference import sampling
+from chainrule.reference.xp import namespace, special
 
 # ============================================================================= recurrent layers
 

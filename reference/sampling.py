@@ -23,8 +23,8 @@ import functools
 import inspect
 import math
 
-from reference import nn
-from reference.xp import namespace
+from chainrule.reference import nn
+from chainrule.reference.xp import namespace
 
 
 def check_logits(logits, name="logits"):

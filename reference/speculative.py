@@ -55,8 +55,8 @@ import math
 
 import numpy
 
-from reference import gpt, sampling
-from reference.xp import namespace
+from chainrule.reference import gpt, sampling
+from chainrule.reference.xp import namespace
 
 # Input probability vectors must sum to 1 within this (they are probabilities, not weights).
 NORMALIZATION_ATOL = 1e-9

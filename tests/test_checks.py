@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from reference import gpt, nn
-from reference import checks
-from reference.checks import (
+from chainrule.reference import gpt, nn
+from chainrule.reference import checks
+from chainrule.reference.checks import (
     TOLERANCES,
     assert_causal,
     assert_close,
@@ -512,7 +512,7 @@ def test_finite_difference_grad_is_accurate_and_leaves_params_alone():
 def _sampler(logits, seed, bias=None):
     """The reference inverse-CDF sampler on n copies of one row of logits; `bias`, if
     given, distorts the uniforms (a realistic bug: u**bias instead of u)."""
-    from reference import sampling
+    from chainrule.reference import sampling
 
     def draw(n):
         u = np.random.default_rng(seed).random(n)
@@ -524,7 +524,7 @@ def _sampler(logits, seed, bias=None):
 
 
 def test_sampler_goodness_of_fit_passes_a_correct_sampler_and_fails_biased_ones():
-    from reference import sampling
+    from chainrule.reference import sampling
 
     logits = np.array([0.0, 1.0, -np.inf, 2.0, -3.0, 0.5, -6.0, -7.0])  # rare tokens get pooled
     p = sampling.probs(logits)

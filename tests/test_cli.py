@@ -99,7 +99,7 @@ def test_verify_reports_a_crashing_check_as_a_failure(monkeypatch, capsys):
 
 
 def test_verify_passing_checks_exit_zero_and_skips_are_not_failures(monkeypatch, capsys):
-    from fast import backend as fb
+    from chainrule.fast import backend as fb
 
     monkeypatch.setitem(verify.CHECKS, "passing", lambda backend: iter([Result("fine", 0.0, 1.0, True)]))
     assert cli.main(["verify", "--module", "passing"]) == 0
@@ -112,7 +112,7 @@ def test_verify_passing_checks_exit_zero_and_skips_are_not_failures(monkeypatch,
 
 
 def test_verify_named_unavailable_backend_is_an_error(capsys):
-    from fast import backend as fb
+    from chainrule.fast import backend as fb
 
     missing = [b.name for b in fb.ALL_BACKENDS if not fb.available(b)[0]]
     if not missing:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-import fast.gpt as gpt
-from fast.train import Trainable, TrainConfig, init_distributed, load_checkpoint, train
-from reference.checks import assert_close
+import chainrule.fast.gpt as gpt
+from chainrule.fast.train import Trainable, TrainConfig, init_distributed, load_checkpoint, train
+from chainrule.reference.checks import assert_close
 
 WORLD = 2
 TEXT = b"to be or not to be, that is the question. " * 6

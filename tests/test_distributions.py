@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from fast import distributions as fast
-from reference import distributions as ref
+from chainrule.fast import distributions as fast
+from chainrule.reference import distributions as ref
 
 MODULES = pytest.mark.parametrize("module", [ref, fast], ids=["reference", "fast"])
 

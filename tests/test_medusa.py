@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fast import backend as fb
-from fast import medusa as fast_medusa
-from fast import train as fast_train
-from reference import gpt as ref_gpt
-from reference import medusa
+from chainrule.fast import backend as fb
+from chainrule.fast import medusa as fast_medusa
+from chainrule.fast import train as fast_train
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import medusa
 
 BASE = ref_gpt.Config(vocab_size=7, block_size=13, n_layer=1, n_head=1, n_embd=5)
 

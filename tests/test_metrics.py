@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reference import gpt, metrics
+from chainrule.reference import gpt, metrics
 
 
 def test_nll_is_the_negative_mean():

@@ -7,7 +7,7 @@ import math
 import numpy
 import pytest
 
-from reference import ngram as ng
+from chainrule.reference import ngram as ng
 
 TINY = [["a", "b"], ["a"]]  # padded: <s> a b </s>, <s> a </s>;  P = (</s>, <unk>, a, b)
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from fast import backend as fb
-from fast import gpt as fast_gpt
-from fast import parallel_decoding as fpd
-from reference import gpt as ref_gpt
-from reference import nn
-from reference import parallel_decoding as pd
+from chainrule.fast import backend as fb
+from chainrule.fast import gpt as fast_gpt
+from chainrule.fast import parallel_decoding as fpd
+from chainrule.reference import gpt as ref_gpt
+from chainrule.reference import nn
+from chainrule.reference import parallel_decoding as pd
 
 CONFIG = ref_gpt.Config(vocab_size=11, block_size=23, n_layer=2, n_head=2, n_embd=6)
 PARAMS = ref_gpt.random_params(CONFIG, np.random.default_rng(0))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fast import pixelcnn as fast_pc
-from reference import checks, metrics
-from reference import pixelcnn as pc
+from chainrule.fast import pixelcnn as fast_pc
+from chainrule.reference import checks, metrics
+from chainrule.reference import pixelcnn as pc
 
 CONFIG = pc.Config(kind="gated", channels=3, height=3, width=4, levels=5, hidden=4, n_layers=2,
                    num_classes=2, cond_channels=1)  # fmt: skip

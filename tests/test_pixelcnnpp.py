@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fast import backend as fb
-from fast import pixelcnnpp as fast_pp
-from reference import distributions as dist
-from reference import metrics
-from reference import pixelcnnpp as ref_pp
+from chainrule.fast import backend as fb
+from chainrule.fast import pixelcnnpp as fast_pp
+from chainrule.reference import distributions as dist
+from chainrule.reference import metrics
+from chainrule.reference import pixelcnnpp as ref_pp
 
 CONFIG = ref_pp.Config(height=4, width=8, channels=3, nr_filters=3, nr_resnet=1, nr_logistic_mix=2)
 PARAMS = ref_pp.random_params(CONFIG, np.random.default_rng(0))

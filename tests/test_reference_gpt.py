@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fast import gpt as fast_gpt
-from reference import gpt
+from chainrule.fast import gpt as fast_gpt
+from chainrule.reference import gpt
 
 CONFIG = gpt.Config(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=4)
 PARAMS = gpt.init(CONFIG, np.random.default_rng(0))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fast import nplm as fast_nplm
-from fast import rnn as fast_rnn
-from reference import nplm, rnn
+from chainrule.fast import nplm as fast_nplm
+from chainrule.fast import rnn as fast_rnn
+from chainrule.reference import nplm, rnn
 
 RNN_CONFIG = rnn.Config(kind="lstm", vocab_size=5, n_embd=3, hidden=4, n_layer=2)
 RNN_PARAMS = rnn.init(RNN_CONFIG, np.random.default_rng(0))

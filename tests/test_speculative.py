@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fast import speculative as fsp
-from reference import checks, gpt
-from reference import speculative as sp
+from chainrule.fast import speculative as fsp
+from chainrule.reference import checks, gpt
+from chainrule.reference import speculative as sp
 
 V = 3
 P = np.array([0.5, 0.3, 0.2])

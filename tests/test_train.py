@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-import fast.gpt as gpt
-import fast.pixelcnn as pixelcnn
-from fast.train import (
+import chainrule.fast.gpt as gpt
+import chainrule.fast.pixelcnn as pixelcnn
+from chainrule.fast.train import (
     CHECKPOINT_FILES, History, Trainable, TrainConfig, batch_indices, evaluate, learning_rate, load_checkpoint,
     metric_value, train,
 )  # fmt: skip
-from reference.checks import assert_close
+from chainrule.reference.checks import assert_close
 
 TEXT = b"the cat sat on the mat. " * 12
 
@@ -295,12 +295,12 @@ def test_resume_is_exact_with_dropout(tmp_path):
 
 
 def test_from_module_passes_the_rng():
-    import fast.pixelcnnpp as pixelcnnpp
-    import reference.pixelcnnpp
+    import chainrule.fast.pixelcnnpp as pixelcnnpp
+    from chainrule.reference import pixelcnnpp as reference_pixelcnnpp
 
     config = pixelcnnpp.Config(height=4, width=4, channels=1, nr_filters=4, nr_resnet=1, nr_logistic_mix=2,
                                levels=4, dropout_p=0.5)  # fmt: skip
-    params = reference.pixelcnnpp.init(config, np.random.default_rng(0))
+    params = reference_pixelcnnpp.init(config, np.random.default_rng(0))
     trainable = Trainable.from_module(pixelcnnpp, config, params)
     x = torch.from_numpy(np.random.default_rng(2).integers(0, 4, size=(2, 1, 4, 4)))
     noisy = trainable.log_prob(params, x, np.random.default_rng(5))

@@ -22,7 +22,7 @@ import pytest
 
 mpmath = pytest.importorskip("mpmath")
 
-from reference import distributions as ref  # noqa: E402
+from chainrule.reference import distributions as ref  # noqa: E402
 
 mp = mpmath.mp
 DPS = 80

@@ -35,8 +35,8 @@ import math
 import numpy as np
 import pytest
 
-from reference import distributions as ref
-from reference.checks import assert_close
+from chainrule.reference import distributions as ref
+from chainrule.reference.checks import assert_close
 
 
 def moderate_case(levels, B=2, H=3, W=5, K=3, seed=0):

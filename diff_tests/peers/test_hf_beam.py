@@ -28,10 +28,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers", reason="HF transformers is not installed (peers extra)")
 
 from diff_tests.peers.test_hf_gpt2 import _hf_config, _perturb, _state  # noqa: E402
-from fast import beam as fast_beam  # noqa: E402
-from reference import beam as ref_beam  # noqa: E402
-from reference import gpt as ref_gpt  # noqa: E402
-from reference.checks import assert_close  # noqa: E402
+from chainrule.fast import beam as fast_beam  # noqa: E402
+from chainrule.reference import beam as ref_beam  # noqa: E402
+from chainrule.reference import gpt as ref_gpt  # noqa: E402
+from chainrule.reference.checks import assert_close  # noqa: E402
 
 V, EOS, PAD = 12, 3, 5
 PROMPT = np.array([[1, 7, 2], [4, 0, 9]])

@@ -15,9 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers", reason="HF transformers is not installed (peers extra)")
 
-from fast import gpt as fast_gpt  # noqa: E402
-from reference import gpt as ref_gpt  # noqa: E402
-from reference.checks import assert_close  # noqa: E402
+from chainrule.fast import gpt as fast_gpt  # noqa: E402
+from chainrule.reference import gpt as ref_gpt  # noqa: E402
+from chainrule.reference.checks import assert_close  # noqa: E402
 
 LOGIT_ATOL = 1e-9  # HF and chainrule in float64: only the summation order differs
 

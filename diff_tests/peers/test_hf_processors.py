@@ -33,7 +33,7 @@ transformers = pytest.importorskip("transformers", reason="HF transformers is no
 
 from transformers.generation import logits_process as hf  # noqa: E402
 
-from reference import sampling as ref  # noqa: E402
+from chainrule.reference import sampling as ref  # noqa: E402
 
 
 def _hf(processor, logits, input_ids=None):

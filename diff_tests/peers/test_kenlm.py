@@ -19,7 +19,7 @@ import pytest
 
 kenlm = pytest.importorskip("kenlm", reason="kenlm is not installed (peers extra)")
 
-from reference import ngram as ng  # noqa: E402
+from chainrule.reference import ngram as ng  # noqa: E402
 
 LOG10_TOL = 1e-5
 

@@ -38,8 +38,8 @@ import pytest
 lm = pytest.importorskip("nltk.lm", reason="nltk is not installed (peers extra)")
 from nltk.lm.preprocessing import padded_everygram_pipeline  # noqa: E402
 
-from reference import ngram as ng  # noqa: E402
-from reference.checks import assert_close  # noqa: E402
+from chainrule.reference import ngram as ng  # noqa: E402
+from chainrule.reference.checks import assert_close  # noqa: E402
 
 
 def corpus(seed: int, n: int = 13, words: int = 7) -> list[list[str]]:

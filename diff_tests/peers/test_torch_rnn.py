@@ -18,8 +18,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from reference import rnn as ref_rnn  # noqa: E402
-from reference.checks import assert_close  # noqa: E402
+from chainrule.reference import rnn as ref_rnn  # noqa: E402
+from chainrule.reference.checks import assert_close  # noqa: E402
 
 MODULES = {  # mode -> (torch module class, extra constructor arguments, reference function)
     "rnn_tanh": (torch.nn.RNN, {"nonlinearity": "tanh"}, ref_rnn.rnn_tanh),
@@ -153,7 +153,7 @@ def test_fast_takes_the_state_dict_tensors_as_they_are(mode, bias):
     """fast.rnn on `module.state_dict()` itself (torch tensors, no conversion) gives the module's outputs
     and final state. (Not bit for bit: torch picks its CPU kernel path by whether the weights require
     grad, and the paths round differently.)"""
-    from fast import rnn as fast_rnn
+    from chainrule.fast import rnn as fast_rnn
 
     module = _module(mode, 3, 5, 2, bias, seed=11)
     fn = {"rnn_tanh": fast_rnn.rnn_tanh, "rnn_relu": fast_rnn.rnn_relu, "lstm": fast_rnn.lstm, "gru": fast_rnn.gru}[mode]
