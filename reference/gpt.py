@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from chainrule.reference import checks, metrics, nn
+from chainrule.reference import metrics, nn, validate
 from chainrule.reference import sampling
 from chainrule.reference.xp import namespace, to_numpy
 
@@ -137,7 +137,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
-    checks.check_param_shapes(params, param_shapes(config), "params")
+    validate.check_param_shapes(params, param_shapes(config), "params")
 
 
 def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | None = None, min_len: int = 1):
@@ -333,19 +333,41 @@ def _check_hf_config(hf: dict) -> None:
             raise ValueError(f"hf_config[{key!r}]: expected {want}, got {hf[key]!r}")
 
 
+def hf_bos_token(hf_config: dict, bos_token: int | None = None) -> int:
+    """The bos token of a HF GPT-2 config: `bos_token` when given, else hf_config['bos_token_id'].
+
+    Either must be an id in [0, vocab_size). GPT2Config's default bos_token_id is 50256 (GPT-2's
+    <|endoftext|>), which a small or custom-vocabulary GPT-2 keeps unless it was set: then pass
+    bos_token= the id your tokenizer puts before the first token. ValueError naming bos_token=.
+    """
+    V = hf_config["vocab_size"]
+    if bos_token is not None:
+        if isinstance(bos_token, bool) or not isinstance(bos_token, (int, numpy.integer)) or not 0 <= bos_token < V:
+            raise ValueError(f"bos_token: expected an int in [0, {V}) (the vocabulary), got {bos_token!r}")
+        return int(bos_token)
+    bos = hf_config.get("bos_token_id")
+    if isinstance(bos, (list, tuple)) and len(bos) == 1:
+        bos = bos[0]
+    if isinstance(bos, (int, numpy.integer)) and not isinstance(bos, bool) and 0 <= bos < V:
+        return int(bos)
+    why = "has no bos_token_id" if bos is None else f"has bos_token_id={bos!r}, outside the vocabulary [0, {V})"
+    raise ValueError(f"bos_token: hf_config {why}; pass bos_token= the id that starts a sequence "
+                     f"(an int in [0, {V}), e.g. bos_token=0)")
+
+
 def from_hf_gpt2(state_dict: dict, hf_config: dict, bos_token: int | None = None):
     """Load a HF transformers GPT2LMHeadModel (or GPT2Model) state dict -> (params, config).
 
     state_dict: name -> numpy array or torch tensor; hf_config: a dict such as
     `model.config.to_dict()`. HF's Conv1D stores weights (in, out) like chainrule.
-    The LM head must be tied to wte (absent, or equal to wte). bos_token defaults
-    to hf_config['bos_token_id'].
+    The LM head must be tied to wte (absent, or equal to wte). bos_token (the token
+    `log_prob` prepends) defaults to hf_config['bos_token_id'] when that lies in the
+    vocabulary; otherwise (a custom-vocabulary GPT-2 keeping GPT-2's 50256) pass it:
+    ValueError naming bos_token= (`hf_bos_token`).
     """
     hf = dict(hf_config)
     _check_hf_config(hf)
-    bos = hf.get("bos_token_id") if bos_token is None else bos_token
-    if bos is None:
-        raise ValueError("bos_token: hf_config has no bos_token_id; pass bos_token=")
+    bos = hf_bos_token(hf, bos_token)
     config = Config(
         vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
         n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),

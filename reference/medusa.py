@@ -73,7 +73,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from chainrule.reference import checks, gpt, nn
+from chainrule.reference import gpt, nn, validate
 from chainrule.reference.xp import namespace
 
 MODES = ("greedy", "typical")
@@ -166,7 +166,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 
 def check_params(heads: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped head parameter."""
-    checks.check_param_shapes(heads, param_shapes(config), "heads")
+    validate.check_param_shapes(heads, param_shapes(config), "heads")
 
 
 def check_base(base_config: gpt.Config, config: Config) -> None:
@@ -237,7 +237,7 @@ def hidden(params: dict, base_config: gpt.Config, tokens, cache: dict):
 def forward(params: dict, base_config: gpt.Config, heads: dict, config: Config, tokens):
     """Teacher forcing: (base logits (B, T, V), head logits (K, B, T, V)).
 
-    logits[:, t] is the distribution of x_{t+1} given tokens[:, :t+1]; heads[k][:, t] that
+    logits[:, t] is the distribution of x_{t+1} given tokens[:, :t+1]; `heads[k][:, t]` that
     of x_{t+k+2}. tokens: (B, T) int, 1 <= T <= block_size.
     """
     _check_all(params, base_config, heads, config)

@@ -194,7 +194,7 @@ def pad(sentence) -> tuple:
 
 
 def count_ngrams(sentences, order: int) -> list[dict]:
-    """Raw counts: counts[k-1][g] = occurrences of the k-gram g ending at a predicted
+    """Raw counts: `counts[k-1][g]` = occurrences of the k-gram g ending at a predicted
     position (every position of the padded sentence but the <s>), k = 1..order."""
     counts = [{} for _ in range(order)]
     for sentence in sentences:

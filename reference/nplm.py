@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from chainrule.reference import checks, metrics, nn
+from chainrule.reference import metrics, nn, validate
 from chainrule.reference import sampling
 from chainrule.reference.xp import namespace
 
@@ -114,7 +114,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
     try:
-        checks.check_param_shapes(params, param_shapes(config), "params")
+        validate.check_param_shapes(params, param_shapes(config), "params")
     except ValueError as error:
         if str(error) != "params: unexpected parameters ['W']":
             raise

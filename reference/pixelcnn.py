@@ -93,7 +93,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from chainrule.reference import checks, distributions, nn
+from chainrule.reference import distributions, nn, validate
 from chainrule.reference.xp import namespace
 
 KINDS = ("pixelcnn", "gated")
@@ -241,7 +241,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
-    checks.check_param_shapes(params, param_shapes(config), "params")
+    validate.check_param_shapes(params, param_shapes(config), "params")
 
 
 def check_images(x, config: Config, name: str = "x") -> None:

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from chainrule.reference import checks, distributions as dist
+from chainrule.reference import distributions as dist, validate
 from chainrule.reference.xp import namespace
 
 LEVELS = 3  # resolutions H, H/2, H/4 (two stride-2 down-samplings), as in the paper
@@ -219,7 +219,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
 
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
-    checks.check_param_shapes(params, param_shapes(config), "params")
+    validate.check_param_shapes(params, param_shapes(config), "params")
 
 
 def check_images(x, config: Config, name: str = "x") -> None:

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from chainrule.reference import checks, metrics, nn
+from chainrule.reference import metrics, nn, validate
 from chainrule.reference import sampling
 from chainrule.reference.xp import namespace, special
 
@@ -351,7 +351,7 @@ def recurrent_params(params: dict) -> dict:
 
 def check_params(params: dict, config: Config) -> None:
     """ValueError naming the key for a missing, unexpected or mis-shaped parameter."""
-    checks.check_param_shapes(params, param_shapes(config), "params")
+    validate.check_param_shapes(params, param_shapes(config), "params")
 
 
 def check_tokens(tokens, config, name: str = "tokens", min_len: int = 1) -> None:
