@@ -1,10 +1,11 @@
-"""fast/train.py under torch.distributed: 2 CPU processes (gloo) train exactly what 1 process trains.
+"""fast/train/ under torch.distributed: 2 CPU processes (gloo) train exactly what 1 process trains.
 
 The loss is a mean over the examples of the global batch, so the gradient decomposes:
-grad L = sum over ranks of grad (-(1 / (B D)) sum over the rank's shard of log p). Two ranks,
-each with half of every batch and gradients summed by all_reduce, must reach the parameters
-of one process on the whole batch, up to the order of float summation (compared in float64
-against the float64 row of the tolerance table).
+grad L = mean over the R ranks of grad (-(R / (B D)) sum over the rank's shard of log p). Two ranks,
+each with half of every batch (the gradient of its half's mean loss) and the gradients
+averaged by all_reduce, must reach the parameters and AdamW state of one process on the whole
+batch, up to the order of float summation (compared in float64 against the float64 row of the
+tolerance table).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 import torch.multiprocessing as mp
 
 import chainrule.fast.gpt as gpt
-from chainrule.fast.train import Trainable, TrainConfig, init_distributed, load_checkpoint, train
+from chainrule.fast.train import (
+    Trainable, TrainConfig, init_distributed, load_checkpoint, read_optimizer_state, train,
+)  # fmt: skip
 from chainrule.reference.checks import assert_close
 
 WORLD = 2
@@ -70,7 +73,7 @@ def _worker(rank: int, ports: tuple, out: str) -> None:
 def test_two_processes_equal_one_on_the_combined_batch(tmp_path):
     mp.spawn(_worker, args=((_free_port(), _free_port()), str(tmp_path)), nprocs=WORLD, join=True)
     data = _data()
-    single = train(_trainable(), data, data[:20], CFG, progress=False)
+    single = train(_trainable(), data, data[:20], CFG, out_dir=tmp_path / "single", progress=False)
     ranks = [np.load(tmp_path / f"rank{r}.npz", allow_pickle=False) for r in range(WORLD)]
     worst = 0.0
     for name, value in single.params.items():
@@ -89,3 +92,10 @@ def test_two_processes_equal_one_on_the_combined_batch(tmp_path):
     assert meta["step"] == 3
     for name in params:
         np.testing.assert_array_equal(params[name].numpy(), ranks[0][name])
+    # and its AdamW state is that of the single process
+    want, got = read_optimizer_state(tmp_path / "single"), read_optimizer_state(tmp_path / "ckpt0")
+    assert want["param_groups"] == got["param_groups"] and want["state"].keys() == got["state"].keys()
+    for i, entry in want["state"].items():
+        assert float(got["state"][i]["step"]) == float(entry["step"]) == 3.0
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert_close(f"optimizer[{i}].{key}", entry[key].numpy(), got["state"][i][key].numpy(), "float64")

@@ -1,12 +1,18 @@
-"""fast/train.py: the training loop (loss, schedule, AdamW, clipping, checkpoints, exact resume, errors)."""
+"""fast/train/: the training loop (loss, schedule, torch.optim.AdamW, clipping, checkpoints, exact resume, the
+resume rule, progress output, errors)."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
+import os
 import pickle
+import shutil
+import stat
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +21,8 @@ import torch
 import chainrule.fast.gpt as gpt
 import chainrule.fast.pixelcnn as pixelcnn
 from chainrule.fast.train import (
-    CHECKPOINT_FILES, History, Trainable, TrainConfig, batch_indices, evaluate, learning_rate, load_checkpoint,
-    metric_value, train,
+    CHECKPOINT_FILES, FORMAT_VERSION, History, Trainable, TrainConfig, batch_indices, evaluate, learning_rate,
+    load_checkpoint, metric_value, read_optimizer_state, train,
 )  # fmt: skip
 from chainrule.reference.checks import assert_close
 
@@ -240,6 +246,23 @@ def test_train_is_pure():
     np.testing.assert_array_equal(data, DATA)
 
 
+def test_progress_bar_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    train(tiny_gpt(), DATA, DATA[:3], TrainConfig(steps=4, batch_size=3, log_every=2), progress=True)
+    drawn = screen.getvalue()
+    assert "4/4" in drawn and "loss=" in drawn and "lr=" in drawn  # tqdm's bar and its postfix
+    assert "step 4: val loss" in drawn and "bits/byte" in drawn  # the evaluation, above the bar
+    assert "step 2: loss" not in drawn  # no log lines on a terminal: the bar says it
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    train(tiny_gpt(), DATA, DATA[:3], TrainConfig(steps=2, batch_size=3, log_every=1), progress=False)
+    assert sys.stderr.getvalue() == ""
+
+
 def test_progress_lines_when_not_a_terminal(capsys):
     train(tiny_gpt(), DATA, DATA[:3], TrainConfig(steps=4, batch_size=3, log_every=2), progress=True)
     err = capsys.readouterr().err
@@ -251,10 +274,32 @@ def test_progress_lines_when_not_a_terminal(capsys):
 # ----------------------------------------------------------------------------- checkpoints and resume
 
 
+def assert_same_checkpoint(a, b):
+    """The checkpoints in directories a and b hold bit for bit the same parameters, optimizer state
+    (AdamW's moments, step counts and parameter groups) and history."""
+    params_a, meta_a = load_checkpoint(a)
+    params_b, meta_b = load_checkpoint(b)
+    assert params_a.keys() == params_b.keys()
+    for name in params_a:
+        assert torch.equal(params_a[name], params_b[name]), name
+    opt_a, opt_b = read_optimizer_state(a), read_optimizer_state(b)
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert opt_a["state"].keys() == opt_b["state"].keys() and opt_a["state"]
+    for i, entry in opt_a["state"].items():
+        assert entry.keys() == opt_b["state"][i].keys() == {"step", "exp_avg", "exp_avg_sq"}
+        for key, value in entry.items():
+            assert torch.equal(value, opt_b["state"][i][key]), (i, key)
+    assert meta_a["optimizer"] == meta_b["optimizer"]
+    assert (meta_a["step"], meta_a["schedule_start"]) == (meta_b["step"], meta_b["schedule_start"])
+    for key in ("step", "lr", "loss", "grad_norm", "eval_step", "val_loss"):  # all but the timings
+        assert meta_a["history"][key] == meta_b["history"][key], key
+
+
 def test_resume_is_exact(tmp_path):
     cfg = TrainConfig(steps=7, batch_size=5, lr=1e-2, warmup_steps=2, min_lr=1e-3, checkpoint_every=2,
                       grad_clip=0.5, seed=3)  # fmt: skip
-    straight = train(tiny_gpt(), DATA, cfg=cfg, progress=False)
+    straight = train(tiny_gpt(), DATA, cfg=cfg, out_dir=tmp_path / "straight", progress=False)
+    tmp_path = tmp_path / "resumed"
     first = train(tiny_gpt(), DATA, cfg=cfg, out_dir=tmp_path, progress=False, stop_at=3)
     assert first.step == 3 and load_checkpoint(tmp_path)[1]["step"] == 3
     resumed = train(tiny_gpt(seed=99), DATA, cfg=cfg, out_dir=tmp_path, resume=True, progress=False)
@@ -266,6 +311,8 @@ def test_resume_is_exact(tmp_path):
     assert meta["step"] == 7
     for name, value in straight.params.items():
         assert torch.equal(params[name], value), name
+    assert_same_checkpoint(tmp_path, tmp_path.parent / "straight")  # the optimizer state too
+    assert read_optimizer_state(tmp_path)["state"][0]["step"] == 7
     # a fresh run differs, so the comparison above can fail
     other = train(tiny_gpt(), DATA, cfg=TrainConfig(**{**cfg.to_dict(), "seed": 4}), progress=False)
     assert other.history.loss != straight.history.loss
@@ -284,13 +331,14 @@ def test_resume_is_exact_with_dropout(tmp_path):
     seen = []
     dropout = Trainable("gpt", base.config, base.params, log_prob)
     cfg = TrainConfig(steps=4, batch_size=3, lr=1e-2, seed=1)
-    straight = train(dropout, DATA, cfg=cfg, progress=False)
+    straight = train(dropout, DATA, cfg=cfg, out_dir=tmp_path / "straight", progress=False)
     assert seen == [np.random.default_rng([1, 2, s, 0]).bit_generator.state for s in range(4)]
-    train(dropout, DATA, cfg=cfg, out_dir=tmp_path, progress=False, stop_at=2)
-    resumed = train(dropout, DATA, cfg=cfg, out_dir=tmp_path, resume=True, progress=False)
+    train(dropout, DATA, cfg=cfg, out_dir=tmp_path / "resumed", progress=False, stop_at=2)
+    resumed = train(dropout, DATA, cfg=cfg, out_dir=tmp_path / "resumed", resume=True, progress=False)
     assert resumed.history.loss == straight.history.loss
     for name, value in straight.params.items():
         assert torch.equal(resumed.params[name], value), name
+    assert_same_checkpoint(tmp_path / "resumed", tmp_path / "straight")
     assert straight.history.loss != train(base, DATA, cfg=cfg, progress=False).history.loss  # the noise matters
 
 
@@ -318,9 +366,15 @@ def test_checkpoint_is_safetensors_and_json_only(tmp_path, monkeypatch):
         raw = (tmp_path / name).read_bytes()
         (n,) = struct.unpack("<Q", raw[:8])  # safetensors: u64 header size, JSON header, raw tensor bytes
         headers[name] = json.loads(raw[8:8 + n])
-        assert {v["dtype"] for k, v in headers[name].items() if k != "__metadata__"} <= {"F32", "I64"}
-        assert raw[:1] != b"\x80"  # not a pickle stream
+        tensors = {k: v for k, v in headers[name].items() if k != "__metadata__"}
+        assert {v["dtype"] for v in tensors.values()} <= {"F32", "I64"}
+        # nothing but the header and the raw bytes of the tensors, back to back: no pickle anywhere
+        spans = sorted(tuple(v["data_offsets"]) for v in tensors.values())
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert len(raw) == 8 + n + spans[-1][1]
     assert set(headers["model.safetensors"]) - {"__metadata__"} == set(trainable.params)
+    assert set(headers["optimizer.safetensors"]) - {"__metadata__"} == {
+        f"{k}.{moment}" for k in trainable.params for moment in ("exp_avg", "exp_avg_sq")}  # fmt: skip
     assert headers["model.safetensors"]["__metadata__"]["step"] == "2"
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
     assert meta["model"] == "gpt" and meta["step"] == 2 and meta["config"]["n_embd"] == 8
@@ -336,8 +390,8 @@ def test_checkpoint_is_safetensors_and_json_only(tmp_path, monkeypatch):
     params, meta = load_checkpoint(tmp_path, name="gpt", config=trainable.config)
     for k, v in result.params.items():
         assert torch.equal(params[k], v)
-    resumed = train(trainable, DATA, cfg=TrainConfig(steps=3, batch_size=3), out_dir=tmp_path, resume=True,
-                    progress=False)  # fmt: skip
+    resumed = train(trainable, DATA, cfg=TrainConfig(steps=3, batch_size=3, new_schedule=True), out_dir=tmp_path,
+                    resume=True, progress=False)  # fmt: skip
     assert resumed.step == 3
 
 
@@ -371,6 +425,121 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path)
     (tmp_path / "checkpoint.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
+        load_checkpoint(tmp_path)
+
+
+def test_optimizer_is_torch_adamw_and_its_saved_state_round_trips(tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    seen = []
+    hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append(opt))  # every optimizer's
+    try:
+        trainable = tiny_gpt()
+        train(trainable, DATA, cfg=TrainConfig(steps=3, batch_size=3, weight_decay=0.2), out_dir=tmp_path,
+              progress=False)  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(seen) == 3 and len({id(opt) for opt in seen}) == 1
+    opt = seen[0]
+    assert type(opt) is torch.optim.AdamW
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]  # the CPU's choice
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]  # >= 2-D tensors decay, the others not
+    assert [p.ndim >= 2 for p in opt.param_groups[0]["params"]] == [True] * len(opt.param_groups[0]["params"])
+    assert all(p.ndim < 2 for p in opt.param_groups[1]["params"])
+    # the checkpoint's state, read back without pickle, loads into a fresh torch.optim.AdamW and
+    # gives back the state of the optimizer that trained
+    saved = read_optimizer_state(tmp_path)
+    fresh_params = [[torch.zeros_like(p) for p in g["params"]] for g in opt.param_groups]
+    fresh = torch.optim.AdamW([{"params": ps} for ps in fresh_params])
+    fresh.load_state_dict(saved)
+    want, got = opt.state_dict(), fresh.state_dict()
+    assert want["state"].keys() == got["state"].keys() == set(range(len(trainable.params)))
+    for i, entry in want["state"].items():
+        assert entry.keys() == got["state"][i].keys()
+        for key, value in entry.items():
+            assert torch.equal(value, got["state"][i][key]), (i, key)
+    assert [{k: v for k, v in g.items() if k != "param_names"} for g in got["param_groups"]] == want["param_groups"]
+    names = [n for g in saved["param_groups"] for n in g["param_names"]]  # the parameters, index by index
+    assert sorted(names) == sorted(trainable.params)
+    for name, p in zip(names, (p for g in opt.param_groups for p in g["params"])):
+        assert p.shape == trainable.params[name].shape, name
+
+
+def test_resume_continues_the_schedule_and_refuses_other_steps(tmp_path):
+    cfg = TrainConfig(steps=5, batch_size=4, lr=1e-2, warmup_steps=1, min_lr=1e-4, seed=2)
+    first = train(tiny_gpt(), DATA, cfg=cfg, out_dir=tmp_path / "run", progress=False)
+    assert first.history.lr[-1] < 0.2 * cfg.lr  # near the end of the cosine
+    # a different total length is another schedule: refused, saying how to start one
+    for steps in (8, 4):
+        with pytest.raises(ValueError, match=r"TrainConfig\.steps: .* ends at steps=5; got steps="
+                                             f"{steps}" r"\..*new_schedule=True"):  # fmt: skip
+            train(tiny_gpt(), DATA, cfg=TrainConfig(**{**cfg.to_dict(), "steps": steps}), out_dir=tmp_path / "run",
+                  resume=True, progress=False)  # fmt: skip
+    shutil.copytree(tmp_path / "run", tmp_path / "branch")
+    # new_schedule=True: a new warmup + cosine from the checkpoint's weights, over steps 5 .. 8
+    new = TrainConfig(**{**cfg.to_dict(), "steps": 9, "lr": 5e-3, "warmup_steps": 2, "new_schedule": True})
+    more = train(tiny_gpt(), DATA, cfg=new, out_dir=tmp_path / "run", resume=True, progress=False)
+    assert more.history.lr[:5] == first.history.lr and more.history.loss[:5] == first.history.loss
+    assert more.history.lr[5:] == [learning_rate(new, s, start=5) for s in range(5, 9)]
+    assert more.history.lr[5] == 5e-3 / 2  # the first step of the new warmup
+    assert more.history.lr[6] == more.history.lr[7] == 5e-3 > more.history.lr[8] > cfg.min_lr  # then the cosine
+    stretched = [learning_rate(TrainConfig(**{**new.to_dict(), "new_schedule": False}), s) for s in range(5, 9)]
+    assert more.history.lr[5:] != stretched  # not the old schedule stretched to the new length
+    meta = load_checkpoint(tmp_path / "run")[1]
+    assert meta["schedule_start"] == 5 and meta["step"] == 9 and "new_schedule" not in meta["train_config"]
+    # a run on a new schedule, interrupted and resumed (same steps, no new_schedule), is exact
+    train(tiny_gpt(), DATA, cfg=new, out_dir=tmp_path / "branch", resume=True, progress=False, stop_at=7)
+    again = TrainConfig(**{**new.to_dict(), "new_schedule": False})
+    resumed = train(tiny_gpt(seed=5), DATA, cfg=again, out_dir=tmp_path / "branch", resume=True, progress=False)
+    assert resumed.history.lr == more.history.lr and resumed.history.loss == more.history.loss
+    assert_same_checkpoint(tmp_path / "branch", tmp_path / "run")
+    with pytest.raises(ValueError, match="new_schedule=True starts a schedule at the checkpoint's step 9"):
+        train(tiny_gpt(), DATA, cfg=new, out_dir=tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"TrainConfig\.warmup_steps: expected at most .* = 2, got 3"):
+        train(tiny_gpt(), DATA, cfg=TrainConfig(**{**new.to_dict(), "steps": 11, "warmup_steps": 3}),
+              out_dir=tmp_path / "run", resume=True, progress=False)  # fmt: skip
+    # new_schedule frees the schedule's settings only
+    with pytest.raises(ValueError, match=r"weight_decay: checkpoint 0.1 vs given 0.3"):
+        train(tiny_gpt(), DATA, cfg=TrainConfig(**{**new.to_dict(), "steps": 12, "weight_decay": 0.3}),
+              out_dir=tmp_path / "run", resume=True, progress=False)  # fmt: skip
+
+
+def test_checkpoint_files_are_world_readable(tmp_path):
+    old = os.umask(0o077)  # even under a private umask, as a file written by open() under the usual 022
+    try:
+        train(tiny_gpt(), DATA, cfg=TrainConfig(steps=2, batch_size=3, checkpoint_every=1), out_dir=tmp_path,
+              progress=False)  # fmt: skip
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CHECKPOINT_FILES)  # no temporary file left
+    for name in CHECKPOINT_FILES:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_a_checkpoint_of_the_former_hand_written_adamw_loads_but_does_not_resume(tmp_path):
+    # format version 1: optimizer.safetensors held "step" and "<name>.exp_avg" / "<name>.exp_avg_sq" of
+    # the hand-written AdamW; checkpoint.json had no "optimizer" (nor "schedule_start")
+    from safetensors.torch import save_file
+
+    cfg = TrainConfig(steps=2, batch_size=3)
+    result = train(tiny_gpt(), DATA, cfg=cfg, out_dir=tmp_path, progress=False)
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    old = {k: v for k, v in meta.items() if k not in ("optimizer", "schedule_start")}
+    (tmp_path / "checkpoint.json").write_text(json.dumps({**old, "version": 1}))
+    state = {"step": torch.tensor(2, dtype=torch.int64)}
+    for name, value in result.params.items():
+        state[f"{name}.exp_avg"], state[f"{name}.exp_avg_sq"] = torch.zeros_like(value), torch.ones_like(value)
+    save_file(state, str(tmp_path / "optimizer.safetensors"), metadata={"format": "pt", "step": "2"})
+    params, loaded = load_checkpoint(tmp_path, name="gpt", config=tiny_gpt().config)  # for sampling: as before
+    assert loaded["version"] == 1 < FORMAT_VERSION
+    for name, value in result.params.items():
+        assert torch.equal(params[name], value), name
+    with pytest.raises(ValueError, match=r"optimizer\.safetensors holds no torch.optim state: .* version 1"):
+        train(tiny_gpt(), DATA, cfg=cfg, out_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"optimizer\.safetensors"):
+        read_optimizer_state(tmp_path)
+    (tmp_path / "checkpoint.json").write_text(json.dumps({**meta, "version": FORMAT_VERSION + 1}))
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}"):
         load_checkpoint(tmp_path)
 
 
@@ -430,3 +599,48 @@ def test_bad_data_and_arguments():
                     lambda p, x, rng: p["wte"].sum() * torch.full((x.shape[0],), float("nan")))  # fmt: skip
     with pytest.raises(FloatingPointError, match="step 1: gradient norm is nan"):
         train(nan, DATA, cfg=cfg, progress=False)
+
+
+@pytest.mark.parametrize("killed_at", range(5))
+def test_a_kill_at_any_point_of_a_save_leaves_a_loadable_checkpoint(tmp_path, monkeypatch, killed_at):
+    """A save renames five files (two tensor files staged as .next, checkpoint.json, then the two
+    .next files into place). Killed before any one of them, the directory still loads -- the
+    previous checkpoint before checkpoint.json is replaced, the new one after -- and resuming from
+    it finishes the run exactly as an uninterrupted one."""
+    import chainrule.fast.train.checkpoints as checkpoints
+
+    cfg = TrainConfig(steps=4, batch_size=3, lr=1e-2, warmup_steps=1, checkpoint_every=2)
+    straight = train(tiny_gpt(), DATA, cfg=cfg, out_dir=tmp_path / "straight", progress=False)
+    run = tmp_path / "run"
+    train(tiny_gpt(), DATA, cfg=cfg, out_dir=run, progress=False, stop_at=2)
+    before = load_checkpoint(run)[0]
+
+    class Killed(BaseException):
+        pass
+
+    calls, real_replace = [], os.replace
+
+    def replace(src, dst):
+        if len(calls) == killed_at:
+            raise Killed
+        calls.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoints.os, "replace", replace)
+    with pytest.raises(Killed):
+        train(tiny_gpt(), DATA, cfg=cfg, out_dir=run, resume=True, progress=False, stop_at=3)
+    monkeypatch.setattr(checkpoints.os, "replace", real_replace)
+
+    params, meta = load_checkpoint(run)
+    committed = killed_at > 2  # checkpoint.json is the third rename
+    assert meta["step"] == (3 if committed else 2)
+    if not committed:
+        for name, value in before.items():
+            assert torch.equal(params[name], value), name
+    else:
+        assert any(not torch.equal(params[n], before[n]) for n in before)
+    resumed = train(tiny_gpt(), DATA, cfg=cfg, out_dir=run, resume=True, progress=False)
+    for name, value in straight.params.items():
+        assert torch.equal(resumed.params[name], value), name
+    assert_same_checkpoint(run, tmp_path / "straight")
+    assert not list(run.glob("*.next")) and not list(run.glob(".*.tmp"))
