@@ -15,6 +15,8 @@ Parameters are flat dicts of arrays (see reference/gpt.py); `to_torch` and
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
 
 import numpy
@@ -71,18 +73,40 @@ def get(backend) -> Backend:
 
 
 def available(backend) -> tuple[bool, str]:
-    """(True, "") if `backend` can run on this machine, else (False, the reason)."""
-    b = get(backend)
+    """(True, "") if `backend` can run on this machine, else (False, the reason).
+
+    Asked once per backend and process (cached): the answer comes from torch's and CuPy's
+    view of the CUDA devices, which does not change while a process runs.
+    """
+    return _available(get(backend))
+
+
+@functools.cache
+def _available(b: Backend) -> tuple[bool, str]:
     if b.kind == "cupy":
         if cupy_module() is None:
-            return False, "CuPy is not installed or sees no CUDA device"
+            if importlib.util.find_spec("cupy") is None:
+                return False, "CuPy not installed"
+            return False, "CuPy sees no CUDA device"
         return True, ""
     if b.device == "cuda":
         if not torch.cuda.is_available():
+            if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+                return False, "CPU-only torch build"
             return False, "no CUDA device visible to torch"
         if b.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
             return False, "the CUDA device does not support bfloat16"
     return True, ""
+
+
+def available_backends() -> tuple[Backend, ...]:
+    """The backends of ALL_BACKENDS that can run here, in their order."""
+    return tuple(b for b in ALL_BACKENDS if available(b)[0])
+
+
+def unavailable_backends() -> dict[str, str]:
+    """Backend name -> the reason it cannot run here, for each one that cannot."""
+    return {b.name: reason for b in ALL_BACKENDS for ok, reason in [available(b)] if not ok}
 
 
 def devices() -> list[str]:

@@ -17,6 +17,18 @@ from chainrule.verify import Result
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def unavailable_entries(out: str) -> list[str]:
+    """The report's "unavailable: ..." entries, each joined with its wrapped (indented) lines."""
+    entries, lines = [], out.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("unavailable:"):
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("  "):
+                j += 1
+            entries.append(" ".join(x.strip() for x in lines[i:j]))
+    return entries
+
+
 def chainrule(*args, timeout=120):
     """Run `python -m chainrule ARGS` from the repository root -> CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -26,15 +38,16 @@ def chainrule(*args, timeout=120):
 
 def test_verify_gpt_passes_and_prints_the_table(tmp_path):
     out = tmp_path / "verify.json"
-    r = chainrule("verify", "--module", "gpt", "--json", str(out))
+    r = chainrule("verify", "--module", "gpt", "--json", str(out), "--full")
     assert r.returncode == 0, r.stdout + r.stderr
-    header = r.stdout.splitlines()[0].split()
-    assert header[:3] == ["module", "backend", "quantity"] and "tolerance" in header and "pass" in header
-    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("gpt ")]
-    backends = {row[1] for row in rows}
-    assert {"torch-cpu-f64", "torch-cpu-f32"} <= backends
+    lines = r.stdout.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("quantity")).split()
+    assert header == ["quantity", "max", "error", "tolerance", "pass"]
+    groups = [line for line in lines if line.startswith("gpt on ")]  # one title per backend that ran
+    assert {g.split()[2].rstrip(":") for g in groups} >= {"torch-cpu-f64", "torch-cpu-f32"}
+    listing = "\n".join(lines[lines.index(groups[0]):])
     for quantity in ("logits", "log_prob", "greedy tokens", "causality"):
-        assert any(quantity in line for line in r.stdout.splitlines() if line.startswith("gpt ")), quantity
+        assert f"\n  {quantity}" in listing, quantity
     doc = json.loads(out.read_text())
     assert doc["passed"] is True
     checked = [row for row in doc["rows"] if row["status"] == "pass"]
@@ -104,11 +117,13 @@ def test_verify_passing_checks_exit_zero_and_skips_are_not_failures(monkeypatch,
     monkeypatch.setitem(verify.CHECKS, "passing", lambda backend: iter([Result("fine", 0.0, 1.0, True)]))
     assert cli.main(["verify", "--module", "passing"]) == 0
     out = capsys.readouterr().out
+    entries = unavailable_entries(out)
     for b in fb.ALL_BACKENDS:
         ok, reason = fb.available(b)
         assert b.name in out
-        if not ok:
-            assert f"skipped ({reason})" in out
+        if not ok:  # named once, with its reason, in the one unavailable entry
+            assert len(entries) == 1 and f"{b.name}" in entries[0] and reason in entries[0]
+    assert "skipped" not in out and "OK: " in out
 
 
 def test_verify_named_unavailable_backend_is_an_error(capsys):

@@ -7,7 +7,7 @@ pixelcnn   16 images, 28x28 grayscale over 256 levels, small widths (PixelCNN an
            image for each of the H W C entries), timed in the same run, both from the same
            uniforms; the samples must agree (float32 ties aside: the count of equal entries
            is reported). `--quick`: 4 images of 12x12.
-           PixelCNN++: 16 RGB images of 32x32 (chainrule.bench_pixelcnnpp).
+           PixelCNN++: 16 RGB images of 32x32 (chainrule.bench.pixelcnnpp).
 
 The topic runs every function of SAMPLING_CASES in turn: each takes the Run, times its
 contenders with `run.time`, and returns one summary row
@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy
 
 from chainrule.bench import Run, topic
-from chainrule.bench_pixelcnnpp import pixelcnnpp_case
+from chainrule.bench.pixelcnnpp import pixelcnnpp_case
 
 PIXELCNN_SIZE = dict(channels=1, height=28, width=28, levels=256, hidden=16, n_layers=4, kernel_size=3,
                      input_kernel=7)  # fmt: skip

@@ -1,7 +1,7 @@
 """Medusa's row of the decoding benchmark (`chainrule bench speculative`).
 
 `medusa_case(run, models, quick)`: Medusa-1 heads trained briefly on the frozen trained target
-of `chainrule.bench_models.trained_gpt_pair` (same bytes as the target), then greedy decoding
+of `chainrule.bench.models.trained_gpt_pair` (same bytes as the target), then greedy decoding
 of held-out prompts by plain `fast.gpt.generate` (one token per base forward) against
 `fast.medusa.generate` over three trees -- a chain of depth 3 (4 nodes), a small top-2 tree
 (10 nodes) and the public tree `MC_SIM_7B_63` (64 nodes, depth 4) -- and typical acceptance
@@ -44,7 +44,7 @@ def trained_heads(base_config, base_params, quick: bool, progress: bool = False)
     """Medusa-1 heads for the frozen base, trained with fast.medusa.train_heads on the base's
     training bytes (cached) -> (head config, heads as float32 CPU tensors)."""
     from chainrule import data
-    from chainrule.bench_models import MODELS_DIR
+    from chainrule.bench.models import MODELS_DIR
     from chainrule.fast import medusa as fast_medusa
     from chainrule.fast import train as ft
     from chainrule.reference import medusa

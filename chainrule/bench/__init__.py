@@ -1,4 +1,5 @@
-"""`chainrule bench`: one timing harness, topics registered by the modules that need them.
+"""`chainrule bench`: one timing harness, topics registered by the modules of this package
+(chainrule/bench/gpt.py, chainrule/bench/sampling.py, ...; `load_topics` imports them all).
 
 A topic is a function that receives a `Run` and times its contenders side by
 side in that one run (same process, same threads, same inputs):
@@ -227,12 +228,10 @@ def run_topic(name: str, *, repeats: int | None = None, warmup: int | None = Non
 
 
 def load_topics() -> None:
-    """Import every `chainrule/bench_*.py`: each registers its topics on import."""
+    """Import every module of this package (chainrule/bench/*.py): each registers its topics
+    on import, so a new module adds its topics without editing a list."""
     import importlib
     import pkgutil
 
-    import chainrule
-
-    for info in pkgutil.iter_modules(chainrule.__path__):
-        if info.name.startswith("bench_"):
-            importlib.import_module(f"chainrule.{info.name}")
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")

@@ -1,7 +1,7 @@
 """Bench cases for Jacobi and lookahead decoding, run inside `chainrule bench speculative`.
 
 `lookahead_case(run, models, quick)` and `jacobi_case(run, models, quick)` take the bench
-`Run` and `models` = chainrule.bench_models.trained_gpt_pair(quick) (the trained byte-level
+`Run` and `models` = chainrule.bench.models.trained_gpt_pair(quick) (the trained byte-level
 target comes first; the draft is not used: these methods need none). Batch 1, greedy,
 float32 on the CPU (CUDA when the params live there), on a prompt of held-out source
 bytes. Each case races plain `fast.gpt.generate` (the baseline) against the parallel

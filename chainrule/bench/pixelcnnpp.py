@@ -12,7 +12,7 @@ pixelcnnpp  16 RGB images of 32x32 over 256 levels, a small width (nr_filters 16
             second thread costs more in synchronization than it gives.
             `--quick`: 4 images of 16x16.
 
-`pixelcnnpp_case(run, quick)` returns the summary row of chainrule.bench_pixelcnn's table
+`pixelcnnpp_case(run, quick)` returns the summary row of chainrule.bench.pixelcnn's table
     [model, images, naive s, cached s, speedup, equal entries]
 so that the "pixelcnn" topic can list PixelCNN++ beside PixelCNN and Gated PixelCNN.
 """

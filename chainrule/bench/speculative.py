@@ -1,6 +1,6 @@
 """Bench topic `speculative`: speculative decoding against plain generation, next to the theory.
 
-Models: `chainrule.bench_models.trained_gpt_pair` (a byte-level target and a smaller draft trained
+Models: `chainrule.bench.models.trained_gpt_pair` (a byte-level target and a smaller draft trained
 on the same text; float32, CPU or the first CUDA device). Prompts: windows of held-out text. Batch 1.
 
 For each mode (greedy: temperature 0 on both models, so p and q are point masses and the output is
@@ -39,8 +39,8 @@ EXTRA_CASES: list = []
 
 def _register_extra_cases() -> None:
     """Medusa, Jacobi and lookahead join this topic's run (same trained target)."""
-    from chainrule.bench_medusa import medusa_case
-    from chainrule.bench_parallel_decoding import jacobi_case, lookahead_case
+    from chainrule.bench.medusa import medusa_case
+    from chainrule.bench.parallel_decoding import jacobi_case, lookahead_case
 
     for case in (medusa_case, jacobi_case, lookahead_case):
         if case not in EXTRA_CASES:
@@ -66,7 +66,8 @@ def _alpha_hat(accepted: numpy.ndarray, k: int) -> float:
 def bench_speculative(run: Run) -> None:
     import torch
 
-    from chainrule import bench_models, data
+    from chainrule import data
+    from chainrule.bench import models as bench_models
     from chainrule.fast import gpt as fgpt
     from chainrule.fast import sampling as fs
     from chainrule.fast import speculative as fsp

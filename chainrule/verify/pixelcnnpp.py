@@ -27,7 +27,7 @@ BATCH = 2
 
 @functools.cache
 def _case() -> dict:
-    from chainrule.reference import checks
+    """The fixed case and the reference's network output and log_prob of it."""
     from chainrule.reference import pixelcnnpp as ref
 
     config = ref.Config(height=4, width=8, channels=3, nr_filters=3, nr_resnet=1, nr_logistic_mix=2)
@@ -35,6 +35,21 @@ def _case() -> dict:
     rng = numpy.random.default_rng(SEED)
     x = rng.integers(0, config.levels, (BATCH, 3, config.height, config.width))
     x[0, :, 0, 0], x[1, :, -1, -1] = 0, config.levels - 1
+    return dict(config=config, params=params, x=x, rng_state=rng.bit_generator.state,
+                network=ref.network(params, config, x), log_prob=ref.log_prob(params, config, x))
+
+
+@functools.cache
+def _more_truth() -> dict:
+    """The rest of the reference's truth (dropout, generation, finite-difference gradients, the
+    enumeration case): computed once, when the rows past the quick ones first run."""
+    from chainrule.reference import checks
+    from chainrule.reference import pixelcnnpp as ref
+
+    case = _case()
+    config, params, x = case["config"], case["params"], case["x"]
+    rng = numpy.random.default_rng(SEED)
+    rng.bit_generator.state = case["rng_state"]  # the case's stream, continued where _case left it
     u = rng.random(ref.uniforms_shape(config, BATCH))
     enum_config = ref.Config(height=4, width=4, channels=3, nr_filters=2, nr_resnet=1, nr_logistic_mix=2, levels=2)
     enum_params = ref.random_params(enum_config, numpy.random.default_rng(SEED + 1))
@@ -44,9 +59,7 @@ def _case() -> dict:
         return -float(numpy.sum(ref.log_prob(p, config, x))) / x.size
 
     fd = [checks.finite_difference_grad(mean_nll, params, n, i, steps=(1e-4,)) for n, i in coords]
-    return dict(config=config, params=params, x=x, u=u, network=ref.network(params, config, x),
-                log_prob=ref.log_prob(params, config, x),
-                log_prob_dropout=ref.log_prob(params, config, x, rng=numpy.random.default_rng(SEED + 2)),
+    return dict(u=u, log_prob_dropout=ref.log_prob(params, config, x, rng=numpy.random.default_rng(SEED + 2)),
                 generated=ref.generate(params, config, u), enum_config=enum_config, enum_params=enum_params,
                 coords=coords, grad_fd=numpy.array([d.value for d in fd]),
                 grad_fd_err=max(d.error for d in fd))  # fmt: skip
@@ -125,8 +138,9 @@ class _Side:
 
 
 @register("pixelcnnpp")
-def pixelcnnpp_checks(backend):
-    """PixelCNN++ (reference.pixelcnnpp vs fast.pixelcnnpp) on one backend."""
+def pixelcnnpp_checks(backend, quick=False):
+    """PixelCNN++ (reference.pixelcnnpp vs fast.pixelcnnpp) on one backend (quick: network
+    output and log_prob)."""
     from chainrule.reference import checks
     from chainrule.reference import pixelcnnpp as ref
 
@@ -154,6 +168,9 @@ def pixelcnnpp_checks(backend):
                          naive=naive(lambda m, p, im: m.network(p, config, im(x))))  # fmt: skip
     yield checks.compare("log_prob", case["log_prob"], side.log_prob(P, config, x), dtype,
                          naive=naive(lambda m, p, im: m.log_prob(p, config, im(x))))  # fmt: skip
+    if quick:
+        return
+    case = case | _more_truth()
     yield checks.compare("log_prob with dropout (shared rng)", case["log_prob_dropout"],
                          side.log_prob(P, config, x, rng=numpy.random.default_rng(SEED + 2)), dtype,
                          naive=naive(lambda m, p, im: m.log_prob(p, config, im(x),
