@@ -1,8 +1,11 @@
 """The `chainrule` command.
 
-    chainrule verify [--module NAME] [--backend NAME] [--json PATH]
-        the conformance table: reference vs fast on every available backend;
-        exit status 1 if any check fails.
+    chainrule verify [--module NAME] [--backend NAME] [--json PATH] [--full] [--quick]
+        the conformance table: reference vs fast on every available backend; progress
+        as modules run, then a module x backend summary (--full: every row) and every
+        failure in full; --quick: each module's representative rows on the CPU backends
+        (seconds); exit status 1 if any check fails.
+    chainrule --version
     chainrule bench [TOPIC] [--repeats N] [--warmup N] [--out PATH] [--quick] [--list]
         timings of fast vs reference vs peers, side by side in one run; JSON out.
     chainrule picture NAME PATH
@@ -13,6 +16,10 @@
     chainrule demo [--out DIR] [--quick]
         the application layer (chainrule/cli_app.py): train a model on embedded data,
         sample from a run, the five-minute tour.
+    chainrule check PATH [--dtype D] [--device DEV] [--json PATH]
+    chainrule export RUN --to hf DIR [--force]
+        the oracle for your own model (chainrule/cli_check.py): a HF GPT-2 directory or a run
+        against the float64 reference; a run written as a transformers directory.
 """
 
 from __future__ import annotations
@@ -21,16 +28,21 @@ import argparse
 import sys
 
 from chainrule.cli_app import APP_COMMANDS, add_app_commands, run_app_command
+from chainrule.cli_check import CHECK_COMMANDS, add_check_commands, run_check_command
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chainrule", description="The correctness oracle for autoregressive models.")
+    p.add_argument("--version", action="version", version=f"chainrule {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="conformance table: reference vs fast on every available backend")
     v.add_argument("--module", action="append", help="only this module (repeatable); default: all")
     v.add_argument("--backend", action="append", help="only this backend (repeatable); default: all")
     v.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     v.add_argument("--list", action="store_true", help="list modules and backends, then exit")
+    v.add_argument("--full", action="store_true", help="print every row (default: a module x backend summary)")
+    v.add_argument("--quick", action="store_true",
+                   help="each module's representative rows, on torch-cpu-f64 and torch-cpu-f32 unless --backend")
     b = sub.add_parser("bench", help="timings: fast vs reference vs peers, in one run")
     b.add_argument("topic", nargs="?", help="topic to run; default: all topics")
     b.add_argument("--repeats", type=int, help="timed calls per contender (default: the topic's, 3-5; 2 with --quick)")
@@ -42,10 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     pic.add_argument("name", choices=sorted(PICTURES), help="which picture")
     pic.add_argument("path", help="output PNG path")
     add_app_commands(sub)
+    add_check_commands(sub)
     return p
 
 
 PICTURES = {"blind-spot": "blind_spot_picture"}  # name -> function of chainrule.pictures
+
+
+def _version() -> str:
+    """The installed distribution's version, else the package's own `__version__`."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("chainrule")
+    except metadata.PackageNotFoundError:
+        from chainrule import __version__
+
+        return __version__
 
 
 def _picture(args) -> int:
@@ -88,7 +113,7 @@ def _verify(args) -> int:
         ok, reason = fb.available(next(b for b in fb.ALL_BACKENDS if b.name == n))
         if not ok:
             return _error("verify", f"backend {n!r} is not available here: {reason}")
-    return verify.main(args.module, args.backend, args.json)
+    return verify.main(args.module, args.backend, args.json, full=args.full, quick=args.quick)
 
 
 def _bench(args) -> int:
@@ -118,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in APP_COMMANDS:
         return run_app_command(args)
+    if args.command in CHECK_COMMANDS:
+        return run_check_command(args)
     return {"verify": _verify, "bench": _bench, "picture": _picture}[args.command](args)
 
 

@@ -1,0 +1,338 @@
+"""GPT-2 for `chainrule check` and `chainrule export` (chainrule.check's registry): two families.
+
+    hf-gpt2        a HF transformers GPT-2 directory: config.json with model_type "gpt2", and the
+                   weights as model.safetensors (or the shards model.safetensors.index.json lists).
+                   The model under test is transformers' GPT2LMHeadModel loaded from the directory in
+                   the dtype and on the device asked for; the reference is reference.gpt on the same
+                   weights (reference.gpt.from_hf_gpt2). Safetensors only: a pytorch_model.bin is a
+                   pickle, and chainrule never unpickles.
+    chainrule-gpt  a run of `chainrule train gpt` (run.json, checkpoint.json, model.safetensors), or a
+                   bare fast.train checkpoint of model "gpt". The model under test is fast.gpt; `export
+                   --to hf` writes a directory transformers loads as GPT2LMHeadModel.
+
+The naive same-dtype baseline (chainrule.check.naive_numpy): float32 and float16 run the reference
+itself in that NumPy dtype; bfloat16, which NumPy lacks, runs fast.gpt's unfused attention
+(attn_impl="math") in bfloat16 on the model's device, as the difference tests do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from chainrule import check as C
+from chainrule.reference import checks
+from chainrule.reference import gpt as ref_gpt
+
+PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]  # fmt: skip
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise C.CheckError(f"PATH: {path} is not readable JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise C.CheckError(f"PATH: {path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _json_field(path: Path, key: str):
+    """json[key] of a small JSON file, or None when it is missing or unreadable (detection only)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _describe(config) -> str:
+    return f"L{config.n_layer} H{config.n_head} C{config.n_embd} V{config.vocab_size} T{config.block_size}"
+
+
+def _naive(params: dict, dtype: str, device: str):
+    """(naive logits, naive log_prob, description) of the low-precision rule; Nones in float64."""
+    if dtype == "float64":
+        return None, None, ""
+    if dtype in ("float32", "float16"):
+        return (C.naive_numpy(ref_gpt.forward, params, dtype), C.naive_numpy(ref_gpt.log_prob, params, dtype),
+                f"the reference itself in {dtype} NumPy")  # fmt: skip
+    import torch
+
+    from chainrule.fast import backend
+    from chainrule.fast import gpt as fast_gpt
+
+    P = backend.to_torch(params, device, torch.bfloat16)
+
+    def run(fn):
+        def naive(config, tokens):
+            with torch.no_grad():
+                return checks.as_float64(fn(P, config, torch.as_tensor(tokens, device=device), attn_impl="math"))
+
+        return naive
+
+    return run(fast_gpt.forward), run(fast_gpt.log_prob), "fast.gpt in bfloat16, unfused attention (no NumPy bfloat16)"
+
+
+# ----------------------------------------------------------------------------- hf-gpt2
+
+
+def detect_hf(path: Path) -> bool:
+    return _json_field(path / "config.json", "model_type") == "gpt2"
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """model.safetensors, or the shards of model.safetensors.index.json. CheckError otherwise,
+    saying that a pickle found instead is never read."""
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise C.CheckError(f"PATH: {index} has no weight_map")
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise C.CheckError(f"PATH: {index} lists {', '.join(missing)}, which {path} lacks")
+        return files
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLES)
+    if pickles:
+        raise C.CheckError(
+            f"PATH: no model.safetensors in {path}, only {', '.join(pickles)}: chainrule reads safetensors "
+            "only and never unpickles a checkpoint. Convert it where you trust the file: "
+            "GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+        )
+    raise C.CheckError(f"PATH: no model.safetensors (nor model.safetensors.index.json) in {path}")
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers):
+    """No warnings or progress bars from transformers while loading (restored afterwards)."""
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(C.HF_MISSING) from None
+    return transformers
+
+
+def hf_bos(hf_config: dict, bos_token: int | None, notes: list) -> int:
+    """--bos-token, else the config's bos_token_id when it lies in the vocabulary, else 0 with a
+    note: every check compares the model with the reference given the same first token, so any id
+    in the vocabulary proves the same thing."""
+    try:
+        return ref_gpt.hf_bos_token(hf_config, bos_token)
+    except ValueError:
+        if bos_token is not None:
+            raise C.CheckError(f"--bos-token: expected an int in [0, {hf_config['vocab_size']}), "
+                               f"got {bos_token}") from None  # fmt: skip
+    notes.append(f"bos_token_id {hf_config.get('bos_token_id')!r} is outside the vocabulary: "
+                 "log-likelihood uses bos 0 (--bos-token ID)")
+    return 0
+
+
+def load_hf(path: Path, *, dtype: str | None, device: str, bos_token: int | None, patch=None) -> C.Subject:
+    """The Subject of a HF GPT-2 directory: GPT2LMHeadModel from it (in `dtype`, default the
+    config's, on `device`) under test; reference.gpt on the safetensors weights. patch: a function
+    model -> model applied to the loaded model before the checks (a family built on this one uses
+    it to put its own kernels, or a deliberate bug, into the model under test)."""
+    transformers = _import_transformers()
+    import torch
+    from safetensors.torch import load_file
+
+    raw = _read_json(path / "config.json")
+    files = _weight_files(path)
+    if dtype is None:
+        saved = raw.get("dtype", raw.get("torch_dtype"))
+        dtype = saved if saved in C.DTYPES else "float32"
+    with _quiet_transformers(transformers):
+        hf_config = transformers.GPT2Config.from_pretrained(str(path)).to_dict()
+    notes = []
+    bos = hf_bos(hf_config, bos_token, notes)
+    state = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as error:  # a corrupt or truncated file: name it
+            raise C.CheckError(f"PATH: {file} is not a readable safetensors file ({error})") from None
+    params, config = ref_gpt.from_hf_gpt2(state, hf_config, bos_token=bos)
+    del state
+    major = int(transformers.__version__.split(".")[0])
+    kw = {"dtype": _torch_dtype(dtype)} if major >= 5 else {"torch_dtype": _torch_dtype(dtype)}
+    with _quiet_transformers(transformers):
+        model = transformers.GPT2LMHeadModel.from_pretrained(str(path), use_safetensors=True, local_files_only=True,
+                                                             **kw)  # fmt: skip
+    model = model.to(device).eval()
+    if patch is not None:
+        model = patch(model)
+    got = next(model.parameters()).dtype
+    if got != _torch_dtype(dtype):
+        raise C.CheckError(f"--dtype {dtype}: transformers loaded the model in {got}")
+    attn = getattr(model.config, "_attn_implementation", None) or "default"
+    description = f"transformers {transformers.__version__} GPT2LMHeadModel ({attn} attention), {_describe(config)}"
+    naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
+    return C.Subject("hf-gpt2", description, dtype, device, ref_gpt, params, config,
+                     *_hf_functions(model, config, dtype, device), naive_logits=naive_logits,
+                     naive_log_prob=naive_log_prob, naive_description=naive_text, notes=notes)  # fmt: skip
+
+
+def _hf_functions(model, config, dtype: str, device: str):
+    """(logits, log_prob, cached_logits, greedy) of a transformers causal LM (see chainrule.check.Subject)."""
+    import inspect
+
+    import torch
+
+    # transformers 5.2x renamed past_key_values (argument and output) to cache
+    kv = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def ids(tokens):
+        return torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)
+
+    @torch.inference_mode()
+    def logits(tokens):
+        return model(ids(tokens), use_cache=False).logits  # (B, T, V)
+
+    @torch.inference_mode()
+    def log_prob(tokens):
+        x = np.asarray(tokens)
+        inputs = np.concatenate([np.full((x.shape[0], 1), config.bos_token), x[:, :-1]], axis=1)  # (B, T)
+        acc = torch.float64 if dtype == "float64" else torch.float32  # as HF's own loss: upcast the logits
+        lp = torch.log_softmax(logits(inputs).to(acc), dim=-1)  # (B, T, V)
+        return lp.gather(-1, ids(x)[..., None])[..., 0].sum(-1)  # (B,)
+
+    @torch.inference_mode()
+    def cached_logits(tokens):
+        t, cache, out = ids(tokens), None, []
+        for i in range(t.shape[1]):
+            o = model(t[:, i : i + 1], use_cache=True, **{kv: cache})
+            cache = getattr(o, kv)
+            out.append(o.logits[:, -1])  # (B, V)
+        return torch.stack(out, dim=1)  # (B, T, V)
+
+    @torch.inference_mode()
+    def greedy(prompt, n):
+        t = ids(prompt)
+        o = model(t, use_cache=True)
+        steps, new = [], []
+        for i in range(n):
+            step = o.logits[:, -1]  # (B, V)
+            steps.append(step)
+            new.append(step.argmax(-1))
+            if i + 1 < n:
+                o = model(new[-1][:, None], use_cache=True, **{kv: getattr(o, kv)})
+        return torch.cat([t, torch.stack(new, dim=1)], dim=1), torch.stack(steps, dim=1)
+
+    return logits, log_prob, cached_logits, greedy
+
+
+# ----------------------------------------------------------------------------- chainrule-gpt
+
+
+def detect_run(path: Path) -> bool:
+    run = path / "run.json"
+    if run.is_file():
+        return _json_field(run, "model") == "gpt"
+    return _json_field(path / "checkpoint.json", "model") == "gpt"
+
+
+def _read_run(path: Path):
+    """(params: name -> CPU tensor as stored, Config, checkpoint meta) of a chainrule GPT run."""
+    from chainrule import models
+    from chainrule.fast.train import load_checkpoint
+
+    tensors, meta = load_checkpoint(path, name="gpt")
+    return tensors, models.config_from_dict(models.get("gpt"), meta["config"]), meta
+
+
+def load_run(path: Path, *, dtype: str | None, device: str, bos_token: int | None) -> C.Subject:
+    import torch
+
+    from chainrule.fast import backend
+    from chainrule.fast import gpt as fast_gpt
+
+    tensors, config, meta = _read_run(path)
+    stored = str(tensors["wte"].dtype).removeprefix("torch.")
+    dtype = dtype or (stored if stored in ("float64", "float32", "bfloat16") else "float32")
+    if dtype == "float16":
+        raise C.CheckError("--dtype float16: fast.gpt runs in float64, float32 or bfloat16")
+    if bos_token is not None:
+        config = dataclasses.replace(config, bos_token=bos_token)  # ValueError naming Config.bos_token
+    params = {k: v.to(torch.float64).numpy() for k, v in tensors.items()}
+    P = backend.to_torch(params, device, dtype)
+
+    def tokens_t(tokens):
+        return torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def logits(tokens):
+        return fast_gpt.forward(P, config, tokens_t(tokens))
+
+    @torch.no_grad()
+    def log_prob(tokens):
+        return fast_gpt.log_prob(P, config, tokens_t(tokens))
+
+    def cached_logits(tokens):
+        return checks.logits_through_cache(fast_gpt, P, config, tokens_t(tokens))
+
+    def greedy(prompt, n):
+        out = fast_gpt.greedy(P, config, tokens_t(prompt), n)
+        T0 = prompt.shape[1]
+        return out, checks.logits_through_cache(fast_gpt, P, config, out[:, :-1], chunks=[T0])[:, T0 - 1 :]
+
+    description = f"fast.gpt (chainrule run at step {meta['step']}), {_describe(config)}"
+    naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
+    return C.Subject("chainrule-gpt", description, dtype, device, ref_gpt, params, config, logits, log_prob,
+                     cached_logits, greedy, naive_logits, naive_log_prob, naive_text)  # fmt: skip
+
+
+def export_run_to_hf(path: Path, out: Path) -> list[str]:
+    """config.json, model.safetensors and generation_config.json that
+    transformers.AutoModelForCausalLM.from_pretrained(out) loads as GPT2LMHeadModel: the run's
+    weights in their stored dtype (exact), lm_head tied to wte (left out, as save_pretrained does)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, config, meta = _read_run(path)
+    dtype = tensors["wte"].dtype
+    state, hf_config = ref_gpt.to_hf_gpt2({k: v.to(torch.float64).numpy() for k, v in tensors.items()}, config)
+    del state["lm_head.weight"]  # tied to transformer.wte.weight
+    weights = {k: torch.from_numpy(v).to(dtype).contiguous() for k, v in state.items()}
+    hf_config |= {"dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+    generation = {"bos_token_id": config.bos_token, "eos_token_id": config.bos_token,
+                  "pad_token_id": config.bos_token}  # fmt: skip
+    C.atomic_write(out / "model.safetensors", lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
+    C.atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(hf_config, indent=2) + "\n"))
+    C.atomic_write(out / "generation_config.json", lambda p: p.write_text(json.dumps(generation, indent=2) + "\n"))
+    return ["config.json", "model.safetensors", "generation_config.json"]
+
+
+C.register_family("hf-gpt2", "HF transformers GPT-2: config.json model_type 'gpt2' + model.safetensors",
+                  detect_hf, load_hf)  # fmt: skip
+C.register_family("chainrule-gpt", "a `chainrule train gpt` run directory", detect_run, load_run,
+                  {"hf": export_run_to_hf})  # fmt: skip
