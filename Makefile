@@ -5,9 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN_STAMP  := $(VENV)/.run-installed
 TEST_STAMP := $(VENV)/.test-installed
+DOCS_STAMP := $(VENV)/.docs-installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test bench clean
+.PHONY: run test bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,7 @@ $(RUN_STAMP): $(PY) pyproject.toml requirements/run.txt
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(TEST_STAMP): $(RUN_STAMP) requirements/test.txt
+$(TEST_STAMP): $(RUN_STAMP) requirements/test.txt requirements/docs.txt
 	$(PIP) -r requirements/test.txt
 	touch $@
 
@@ -30,5 +31,13 @@ test: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(VENV)/bin/chainrule bench
 
+# The documentation site (mkdocs.yml) into site/: offline, strict (a broken link fails it).
+$(DOCS_STAMP): $(PY) requirements/docs.txt
+	$(PIP) -r requirements/docs.txt
+	touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site
