@@ -1,10 +1,13 @@
 """The application: train a model on an embedded dataset, sample from a trained run, and the demo.
 
-    train_run(model, data, settings, out, ...)   fast.train's loop on chainrule.data, checkpoint in `out`
+    train_run(model, data, settings, out, ...)   fast.train's loop on chainrule.data, checkpoint in `out`;
+                                                  report=f: f(result, seconds) at every evaluation
     sample_run(run_dir, n, ...)                   samples of a trained run: text, an image grid, or audio
-    demo(out, quick)                              a small GPT on standard-library bytes and a small Gated
-                                                  PixelCNN on digits, trained on the CPU, with validation
-                                                  bits/byte and bits/dim, samples and loss curves
+    demo(out, quick)                              a small GPT on standard-library bytes and a small
+                                                  class-conditional Gated PixelCNN on digits, trained on
+                                                  the CPU with progress printed as it goes, with validation
+                                                  bits/byte and bits/dim, samples and loss curves; quick:
+                                                  a smoke test whose pictures say so
 
 A run directory holds the training checkpoint (model.safetensors, optimizer.safetensors,
 checkpoint.json: see fast.train) and run.json: the model's table name, the dataset and the
@@ -164,13 +167,18 @@ def _run_settings(out: Path, model: cmodels.Model, data_name: str, model_setting
 
 def train_run(model_name: str, data_name: str | None = None, settings: dict | None = None, *, steps=None,
               out=None, resume: bool = False, device: str | None = None, progress: bool = True,
-              seed: int = 0, n_train: int | None = None, n_val: int | None = None) -> dict:  # fmt: skip
+              seed: int = 0, n_train: int | None = None, n_val: int | None = None, report=None) -> dict:  # fmt: skip
     """Train `model_name` on `data_name` (None: the model's default dataset) with fast.train.
 
     settings: {key: text or value} for the model's Config, "length" (sequence models) and
     TrainConfig. out: the run directory (checkpoints, run.json); resume: continue the run in out.
     seed: the initialization's seed, and the batches' (TrainConfig.seed) unless settings give one.
     n_train / n_val: use at most this many bytes (text) or examples of each split (None: all).
+    report: None, or a function report(result, seconds) called at every evaluation (every
+    eval_every steps and at the end) with fast.train's TrainResult so far and the seconds spent
+    training; fast.train's own progress output is then off (progress is ignored). The run is
+    trained in segments that stop at each evaluation and resume from the checkpoint in `out`
+    (needed): fast.train's exact resume makes that the same run, bit for bit.
     -> a summary {"model", "data", "metric", "val_metric", "val_nats", "steps", "seconds", "out",
     "n_params", "config" (dict), "config_obj", "app", "train_config", "history", "params" (final),
     "train_examples", "val_examples"}.
@@ -202,7 +210,17 @@ def train_run(model_name: str, data_name: str | None = None, settings: dict | No
         run = {"format": RUN_FORMAT, "version": 1, "model": model.name, "data": data_name, "app": app}
         (out / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
     start = time.perf_counter()
-    result = train(trainable, train_x, val_x, cfg, out_dir=out, resume=resume, progress=progress)
+    if report is None:
+        result = train(trainable, train_x, val_x, cfg, out_dir=out, resume=resume, progress=progress)
+    else:
+        if out is None:
+            raise ValueError("report: needs out, the run directory its segments resume from")
+        done = json.loads((out / "checkpoint.json").read_text())["step"] if resume else 0
+        stops = [k for k in range(cfg.eval_every, cfg.steps, cfg.eval_every or cfg.steps) if k > done] + [cfg.steps]
+        for k, stop in enumerate(stops):
+            result = train(trainable, train_x, val_x, cfg, out_dir=out, resume=resume or k > 0, progress=False,
+                           stop_at=stop)  # fmt: skip
+            report(result, time.perf_counter() - start)
     seconds = time.perf_counter() - start
     return {
         "model": model.name, "data": data_name, "metric": result.metric, "val_metric": result.val_metric,
@@ -282,23 +300,26 @@ def sample_run(run_dir, n: int = 4, *, processors=None, seed: int = 0, length: i
 # ----------------------------------------------------------------------------- pictures and sound
 
 
-def image_grid(images, levels: int, *, invert: bool = False, scale: int | None = None, pad: int = 1) -> np.ndarray:
+def image_grid(images, levels: int, *, invert: bool = False, scale: int | None = None, pad: int = 1,
+               cols: int | None = None) -> np.ndarray:  # fmt: skip
     """(N, C, H, W) ints in [0, levels), C in {1, 3} -> one picture (rows, cols, 3) float in [0, 1]:
-    the images on a near-square grid (ceil(sqrt N) columns), each enlarged `scale` times (None: to at
-    least 64 pixels) by pixel repetition, separated by `pad` grey pixels. Intensity v / (levels - 1);
-    `invert`: 1 - that (dark ink on white, for the digits)."""
+    the images row by row on a grid of `cols` columns (None: ceil(sqrt N), near-square), each
+    enlarged `scale` times (None: to at least 64 pixels) by pixel repetition, separated by `pad`
+    grey pixels. Intensity v / (levels - 1); `invert`: 1 - that (dark ink on white, for the digits)."""
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 1:
         raise ValueError(f"images: expected shape (N, C, H, W) with C 1 or 3 and N >= 1, got {x.shape}")
     if x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= levels:
         raise ValueError(f"images: expected integers in [0, {levels}), got {x.dtype} in [{x.min()}, {x.max()}]")
     N, C, H, W = x.shape
+    if cols is not None and (not isinstance(cols, int) or isinstance(cols, bool) or cols < 1):
+        raise ValueError(f"cols: expected a positive int or None, got {cols!r}")
     scale = max(1, 64 // max(H, W)) if scale is None else int(scale)
     v = x.astype(np.float64) / (levels - 1)
     v = 1 - v if invert else v
     v = np.repeat(np.repeat(v, scale, axis=2), scale, axis=3)  # (N, C, H s, W s)
     v = np.broadcast_to(v, (N, 3) + v.shape[2:]) if C == 1 else v
-    cols = math.ceil(math.sqrt(N))
+    cols = math.ceil(math.sqrt(N)) if cols is None else cols
     rows = math.ceil(N / cols)
     h, w = H * scale, W * scale
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 0.5)
@@ -339,13 +360,14 @@ def write_wav(codes, path, *, sample_rate: int = cdata.SAMPLE_RATE, gap: float =
     return path
 
 
-def plot_loss_curves(runs: list[dict], path) -> Path:
+def plot_loss_curves(runs: list[dict], path, *, note: str | None = None) -> Path:
     """Training loss (per step, and its moving average) and validation points of each run summary, in
-    bits per unit, one panel per run, saved as a PNG at path. -> path."""
+    bits per unit, one panel per run, saved as a PNG at path. `note`: a line in red above the panels,
+    also the PNG's tEXt "Description" (the demo's smoke-test label). -> path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.2 * len(runs), 3.8), dpi=110)
+    fig = Figure(figsize=(5.2 * len(runs), 3.8 + 0.4 * bool(note)), dpi=110)
     FigureCanvasAgg(fig)
     for i, run in enumerate(runs):
         ax = fig.add_subplot(1, len(runs), i + 1)
@@ -364,97 +386,209 @@ def plot_loss_curves(runs: list[dict], path) -> Path:
         ax.set_title(f"{run['model']} on {run['data']}: {run['val_metric']:.3f} {run['metric']}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if note:
+        fig.suptitle(note, color="tab:red", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, format="png")
+    description = note or "training and validation loss, in bits per unit, of " + ", ".join(
+        f"{run['model']} on {run['data']}" for run in runs)  # fmt: skip
+    fig.savefig(path, format="png", metadata={"Description": description})
     return path
 
 
 # ----------------------------------------------------------------------------- the demo
 
-# name: (model, data, model settings, train settings, n_train, samples)
+# name: (model, data, model settings, train settings, n_train), in the order they train. The Gated
+# PixelCNN is class-conditional (the digits' labels as `cond`): asked for a 3 it draws a 3, so its
+# samples line up with real digits class by class. It trains first, and its picture is written as
+# soon as it is trained (about a minute in); the GPT, the longer run, follows. Every evaluation
+# (eval_every steps) is also a progress line.
 DEMO = {
     "full": {
+        "gated": ("gated", "digits", {"hidden": 32, "n_layers": 5, "num_classes": 10},
+                  {"steps": 800, "batch_size": 64, "lr": 3e-3, "warmup_steps": 40, "eval_every": 100,
+                   "eval_batches": 0}, None),
         "gpt": ("gpt", "stdlib-bytes", {"block_size": 128, "n_layer": 3, "n_head": 4, "n_embd": 96},
-                {"steps": 1500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 75, "eval_every": 250,
+                {"steps": 1200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 60, "eval_every": 100,
                  "eval_batches": 8}, None),
-        "gated": ("gated", "digits", {"hidden": 32, "n_layers": 5}, {"steps": 600, "batch_size": 64, "lr": 3e-3,
-                                                                      "warmup_steps": 30, "eval_every": 100,
-                                                                      "eval_batches": 0}, None),
     },
     "quick": {
+        "gated": ("gated", "digits", {"hidden": 8, "n_layers": 2, "num_classes": 10},
+                  {"steps": 8, "batch_size": 16, "lr": 3e-3, "eval_batches": 2, "eval_every": 4}, None),
         "gpt": ("gpt", "stdlib-bytes", {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
                 {"steps": 8, "batch_size": 8, "lr": 3e-3, "eval_batches": 2, "eval_every": 4}, 50_000),
-        "gated": ("gated", "digits", {"hidden": 8, "n_layers": 2}, {"steps": 8, "batch_size": 16, "lr": 3e-3,
-                                                                    "eval_batches": 2, "eval_every": 4}, None),
     },
 }  # fmt: skip
-DEMO_SAMPLES = {"full": (6, 64), "quick": (2, 9)}  # (text samples, digit samples)
+DEMO_SAMPLES = {"full": (6, 60), "quick": (2, 20)}  # (text samples, digit samples: a multiple of 10 classes)
+# What the full demo takes on 2 CPU cores (docs/training.md, "The five-minute demo", says how it was measured).
+DEMO_TIME = {"full": "about 4.5 minutes on 2 CPU cores, the digits after 1", "quick": "seconds"}
+
+
+def smoke_test_note(steps: int) -> str:
+    """The label of --quick's pictures and output: what they are, and what they are not."""
+    return (f"smoke test: {steps} training steps per model -- not expected to look like digits "
+            f"(or the text like Python); run `chainrule demo` without --quick for that")  # fmt: skip
+
+
+def _describe(model: str, data_name: str, config, app: dict, train_settings: dict) -> str:
+    """One line: the model, its size, the data and the training it is about to get."""
+    m = cmodels.get(model)
+    size = f"{cmodels.n_params(m, config):,} parameters"
+    steps, batch = train_settings["steps"], train_settings["batch_size"]
+    if model == "gpt":
+        what = f"{config.n_layer}-layer GPT (d={config.n_embd}, {config.n_head} heads, {size})"
+        shape = f"{batch} x {app['length']} bytes"
+    else:
+        cond = ", class-conditional" if getattr(config, "num_classes", 0) else ""
+        what = f"{config.n_layers}-layer Gated PixelCNN (hidden {config.hidden}{cond}, {size})"
+        shape = f"{batch} digits"
+    return f"{what} on {data_name}: {steps} steps of {shape}"
+
+
+def _progress_line(name: str, result, total: int, seconds: float, elapsed: float) -> str:
+    """At an evaluation: `name step k/S: train x (mean since the previous evaluation), validation y;
+    elapsed (the demo's clock), about t to go (this model, at its rate so far)`."""
+    h, step = result.history, result.step
+    since = h.eval_step[-2] if len(h.eval_step) > 1 else 0
+    train_bits = float(np.mean(h.loss[since:step])) / math.log(2)
+    to_go = seconds / step * (total - step)
+    return (f"  {name} step {step}/{total}: train {train_bits:.3f} {result.metric}, validation "
+            f"{h.val_metric[-1]:.3f} {result.metric}; {elapsed:.0f} s elapsed"
+            + (f", about {to_go:.0f} s to go" if step < total else ""))  # fmt: skip
 
 
 def demo(out="demo", *, quick: bool = False, progress: bool = True, device: str = "cpu") -> dict:
-    """The tour: train a small GPT on standard-library bytes and a small Gated PixelCNN on the digits
-    (sizes in DEMO), then write into `out`:
+    """The tour: train a small class-conditional Gated PixelCNN on the digits and a small GPT on
+    standard-library bytes (sizes in DEMO), then write into `out`:
 
-        gpt/, gated/        the two runs (checkpoints: `chainrule sample out/gpt` works)
+        gated/, gpt/        the two runs (checkpoints: `chainrule sample out/gpt` works)
+        digits.png          digits sampled from the Gated PixelCNN, digit k in column k, next to
+                            validation digits arranged the same way (written once it is trained)
         samples.txt         text sampled from the GPT (from bos, temperature 1, no truncation)
-        digits.png          digits sampled from the Gated PixelCNN next to validation digits
         loss_curves.png     training and validation loss of both, in bits per unit
         summary.json        validation bits/byte and bits/dim, steps, seconds, sizes
 
+    progress: print, from the start, what it is about to do, each model's progress (step, train
+    and validation loss, seconds) at every evaluation, and what it wrote where. quick: tiny sizes
+    and a few steps, a smoke test whose pictures say so (title and PNG "Description").
     -> the summary dict. The runs are seeded: the same machine type gives the same numbers.
     """
     mode = "quick" if quick else "full"
+    say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
     out = Path(out)
     for name in DEMO[mode]:
         if (out / name / "checkpoint.json").is_file():
             raise ValueError(f"--out: {str(out)!r} already holds a demo ({name}/): remove it or choose another --out")
+    steps = max(spec[3]["steps"] for spec in DEMO[mode].values())
+    note = smoke_test_note(steps) if quick else None
+    say(f"chainrule demo{' --quick' if quick else ''}: training {len(DEMO[mode])} small models on {device}, "
+        f"sampling digits and text from them into {out}/ ({DEMO_TIME[mode]})")  # fmt: skip
+    if note:
+        say(note)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     runs = {}
-    for name, (model, data_name, model_settings, train_settings, n_train) in DEMO[mode].items():
-        runs[name] = train_run(model, data_name, model_settings | train_settings, out=out / name,
-                               progress=progress, device=device, n_train=n_train)  # fmt: skip
-        if progress:
-            print(summary_line(runs[name]), flush=True)
-    n_text, n_digits = DEMO_SAMPLES[mode]
-    text = sample_run(out / "gpt", n_text, seed=0, device=device)["text"]
-    (out / "samples.txt").write_text("".join(f"--- sample {i + 1} ---\n{t}\n" for i, t in enumerate(text)),
-                                     encoding="utf-8")  # fmt: skip
-    digits = sample_run(out / "gated", n_digits, seed=0, device=device)["samples"]
-    real = cdata.digits("validation", n_digits)
-    _digits_figure(real, digits, out / "digits.png")
-    plot_loss_curves(list(runs.values()), out / "loss_curves.png")
+    for i, (name, (model, data_name, model_settings, train_settings, n_train)) in enumerate(DEMO[mode].items()):
+        config, app_settings = cmodels.make_config(cmodels.get(model), data_name, model_settings)
+        say(f"[{i + 1}/{len(DEMO[mode])}] {_describe(model, data_name, config, app_settings, train_settings)}")
+
+        def report(result, seconds, name=name, total=train_settings["steps"]):
+            say(_progress_line(name, result, total, seconds, time.perf_counter() - start))
+
+        runs[name] = train_run(model, data_name, model_settings | train_settings, out=out / name, progress=False,
+                               device=device, n_train=n_train, report=report if progress else None)  # fmt: skip
+        say("  " + summary_line(runs[name]))
+        n_text, n_digits = DEMO_SAMPLES[mode]
+        if name == "gated":
+            _demo_digits(out, runs[name], n_digits, note, device, say)
+        else:
+            _demo_text(out, runs[name], n_text, device, say)
+    plot_loss_curves(list(runs.values()), out / "loss_curves.png", note=note)
+    say(f"wrote {out / 'loss_curves.png'}: training and validation loss of both models")
     summary = {
         "quick": quick,
+        "note": note,
         "seconds": time.perf_counter() - start,
         "gpt_val_bits_per_byte": runs["gpt"]["val_metric"],
         "gated_val_bits_per_dim": runs["gated"]["val_metric"],
         "runs": {name: {k: v for k, v in run.items() if k not in ("history", "params", "config_obj")}
                  for name, run in runs.items()},
-        "files": ["samples.txt", "digits.png", "loss_curves.png", "summary.json", "gpt/", "gated/"],
+        "files": ["digits.png", "samples.txt", "loss_curves.png", "summary.json", "gated/", "gpt/"],
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    say(f"wrote {out / 'summary.json'}; the runs are in {out / 'gated'} and {out / 'gpt'} "
+        f"(`chainrule sample {out / 'gpt'}` draws more)")  # fmt: skip
+    if note:
+        say(note)
     return summary
 
 
-def _digits_figure(real, sampled, path, *, margin: int = 12, title: int = 26, dpi: int = 100) -> Path:
-    """Validation digits (left) next to sampled ones (right), one PNG. The grids are placed pixel for
-    pixel (no resampling, which would drop some of the 2-pixel separators)."""
+def _demo_digits(out: Path, run: dict, n: int, note: str | None, device: str, say) -> None:
+    """digits.png: n digits sampled from the demo's Gated PixelCNN run (a class-conditional one: in
+    rows of the classes 0..9) next to validation digits arranged the same way."""
+    by_class = bool(run["config"].get("num_classes", 0))
+    say(f"sampling {n} digits" + (f" ({n // 10} of each class)" if by_class else "") + " from it")
+    digits = sample_run(out / "gated", n, seed=0, device=device)["samples"]
+    _digits_figure(_validation_digits(n, by_class=by_class), digits, out / "digits.png", by_class=by_class,
+                   note=note)  # fmt: skip
+    say(f"wrote {out / 'digits.png'}: validation digits (left) next to Gated PixelCNN samples (right)"
+        + (", in columns by class 0..9" if by_class else ""))  # fmt: skip
+
+
+def _demo_text(out: Path, run: dict, n: int, device: str, say) -> None:
+    """samples.txt: n texts sampled from the demo's GPT run (from bos, a window's length each)."""
+    say(f"sampling {n} texts of {run['app']['length']} bytes from it")
+    text = sample_run(out / "gpt", n, seed=0, device=device)["text"]
+    (out / "samples.txt").write_text("".join(f"--- sample {k + 1} ---\n{t}\n" for k, t in enumerate(text)),
+                                     encoding="utf-8")  # fmt: skip
+    say(f"wrote {out / 'samples.txt'}: {n} GPT samples")
+
+
+def _validation_digits(n: int, *, by_class: bool) -> np.ndarray:
+    """n validation digits: the first n, or (by_class) the first n // 10 of each class in rows of
+    0..9, as a class-conditional model's samples come."""
+    if not by_class:
+        return cdata.digits("validation", n)
+    images, labels = cdata.digits("validation"), cdata.digit_labels("validation")
+    per = [images[labels == k][: n // 10] for k in range(10)]
+    return np.stack([per[k][r] for r in range(n // 10) for k in range(10)])
+
+
+def _digits_figure(real, sampled, path, *, by_class: bool = False, note: str | None = None, margin: int = 12,
+                   title: int = 26, dpi: int = 100) -> Path:  # fmt: skip
+    """Validation digits (left) next to sampled ones (right), one PNG. by_class: both come in rows of
+    the classes 0..9 (a class-conditional model's samples), drawn ten to a row with each column's
+    class written under it; else near-square grids. The grids are placed pixel for pixel (no
+    resampling, which would drop some of the 2-pixel separators). `note`: a red line above (the
+    smoke-test label), also the PNG's tEXt "Description"."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    grids = [image_grid(x, cdata.DIGIT_LEVELS, invert=True, scale=6, pad=2) for x in (real, sampled)]
+    scale, pad = 6, 2
+    cols = 10 if by_class else None
+    grids = [image_grid(x, cdata.DIGIT_LEVELS, invert=True, scale=scale, pad=pad, cols=cols) for x in (real, sampled)]
     h = max(g.shape[0] for g in grids)
     w = max(g.shape[1] for g in grids)
-    width, height = 2 * w + 3 * margin, h + title + 2 * margin
+    bottom = margin + (14 if by_class else 0)  # room for the column classes
+    top = title + (title if note else 0)
+    width, height = 2 * w + 3 * margin, h + top + margin + bottom
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
-    for i, (grid, label) in enumerate(zip(grids, ("validation digits", "Gated PixelCNN samples"))):
+    labels = ("validation digits", "Gated PixelCNN samples" + (", asked for the digit below" if by_class else ""))
+    cell = 8 * scale + pad
+    for i, (grid, label) in enumerate(zip(grids, labels)):
         x0 = margin + i * (w + margin)
-        fig.figimage(grid, xo=x0, yo=margin + h - grid.shape[0], origin="upper")
-        fig.text((x0 + w / 2) / width, (margin + h + title / 2) / height, label, ha="center", va="center",
+        fig.figimage(grid, xo=x0, yo=bottom + h - grid.shape[0], origin="upper")
+        fig.text((x0 + w / 2) / width, (bottom + h + title / 2) / height, label, ha="center", va="center",
                  fontsize=11)  # fmt: skip
+        for k in range(10 if by_class else 0):
+            fig.text((x0 + pad + k * cell + cell / 2 - 1) / width, (bottom - 9) / height, str(k), ha="center",
+                     va="center", fontsize=9, color="0.35")  # fmt: skip
+    if note:
+        fig.text(0.5, (bottom + h + title + title / 2) / height, note, ha="center", va="center", fontsize=9,
+                 color="tab:red", wrap=True)  # fmt: skip
     path = Path(path)
-    fig.savefig(path, format="png", dpi=dpi, facecolor="white")
+    description = note or ("validation digits (left) and digits sampled from chainrule's Gated PixelCNN "
+                           "(right)" + (", in columns by class 0..9" if by_class else ""))  # fmt: skip
+    fig.savefig(path, format="png", dpi=dpi, facecolor="white", metadata={"Description": description})
     return path

@@ -17,7 +17,7 @@ Images and audio are scikit-learn's bundled digits and sets generated from a fix
     windows / random_windows      a token stream cut into (B, T) model inputs
 
 `datasets()` lists every dataset by name and `load(name, split, n)` returns one split of it
-as a `Dataset` of integer arrays in DESIGN.md's layouts.
+as a `Dataset` of integer arrays in the layouts of docs/design.md.
 
 The text split is deterministic: a file belongs to "validation" when the CRC-32 of its
 path relative to the standard library root is 0 mod 10, else to "train" (about a tenth
@@ -28,6 +28,7 @@ the order do not depend on anything else (no randomness, no file-system order).
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sysconfig
 import zlib
@@ -67,17 +68,26 @@ def _check_split(split: str) -> None:
 def stdlib_files(split: str = "train") -> list[Path]:
     """The standard library's .py files of `split`, sorted by relative path."""
     _check_split(split)
+    return [path for relative, path in _stdlib_sources() if _split_of(relative) == split]
+
+
+@functools.cache
+def _stdlib_sources() -> tuple[tuple[str, Path], ...]:
+    """(relative posix path, path) of every .py file under the standard library root outside
+    EXCLUDED_DIRS, sorted by relative path; the tree is walked once per process, and the excluded
+    directories (site-packages above all) are never entered."""
     root = stdlib_root()
     files = []
-    for path in root.rglob("*.py"):
-        relative = path.relative_to(root)
-        if any(part in EXCLUDED_DIRS for part in relative.parts[:-1]):
-            continue
-        if _split_of(relative.as_posix()) == split:
-            files.append((relative.as_posix(), path))
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in EXCLUDED_DIRS]
+        base = Path(folder)
+        for name in names:
+            if name.endswith(".py"):
+                path = base / name
+                files.append((path.relative_to(root).as_posix(), path))
     if not files:
         raise RuntimeError(f"no standard library sources found under {root}")
-    return [path for _, path in sorted(files)]
+    return tuple(sorted(files))
 
 
 def _check_count(name: str, n) -> None:
@@ -434,7 +444,7 @@ def random_windows(stream, length: int, batch: int, rng: np.random.Generator) ->
 
 @dataclass(frozen=True)
 class Dataset:
-    """One split of a dataset. x: integer array in DESIGN.md's layout (text: a (N,) stream;
+    """One split of a dataset. x: integer array in the layout of docs/design.md (text: a (N,) stream;
     images: (N, C, H, W); audio: (N, T)); levels: values per entry (x in [0, levels));
     cond: conditioning (digits: class labels (N,); tones: frame features (N, F, frames)) or None."""
 

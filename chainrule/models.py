@@ -200,6 +200,13 @@ def init_params(model: Model, config, seed: int) -> dict:
     return reference.init(config, np.random.default_rng(seed))
 
 
+def n_params(model: Model, config) -> int:
+    """The number of parameters (scalars) of the model with `config`, from the reference's
+    param_shapes (nothing is allocated)."""
+    reference = importlib.import_module("chainrule.reference." + model.module.split(".")[-1])
+    return int(sum(int(np.prod(shape)) for shape in reference.param_shapes(config).values()))
+
+
 def examples(model: Model, dataset: cdata.Dataset, app: dict, config=None):
     """The training examples of a dataset for `model`: images as they are (N, C, H, W), or with a
     class-conditional config (num_classes > 0) the pair (images, labels (N,)); a text stream as

@@ -119,12 +119,16 @@ _MASKS: dict = {}
 
 
 def _masks(config: Config, device, dtype) -> dict:
-    """The masks of `config` as tensors on device in dtype (built once per config, device, dtype)."""
+    """The masks of `config` as tensors on device in dtype (built once per config, device, dtype).
+
+    Built outside inference mode even when the first caller samples under it: an inference
+    tensor in the cache could not be saved for backward by a later training step."""
     key = (config, str(device), dtype)
     if key not in _MASKS:
         if len(_MASKS) >= 64:  # a bounded cache: many configs (property tests) must not accumulate
             _MASKS.clear()
-        _MASKS[key] = {name: torch.as_tensor(m, dtype=dtype, device=device) for name, m in masks(config).items()}
+        with torch.inference_mode(False):
+            _MASKS[key] = {name: torch.as_tensor(m, dtype=dtype, device=device) for name, m in masks(config).items()}
     return _MASKS[key]
 
 

@@ -78,6 +78,117 @@ def test_demo_quick_through_the_command(tmp_path):
     img = tmp_path / "grid.png"
     assert cli_app.main(["sample", str(out / "gated"), "--n", "4", "--out", str(img)]) == 0
     assert img.read_bytes()[:8] == PNG
+    # it says what it does from the first line, and that --quick is a smoke test
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("chainrule demo --quick: training 2 small models on cpu")
+    assert lines[1] == app.smoke_test_note(8) and lines[-2] == app.smoke_test_note(8)
+    assert lines[-1].startswith("demo --quick: done in ")
+
+
+def png_text(path) -> dict:
+    """The text chunks (tEXt, iTXt) of a PNG file: {keyword: text}."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return dict(image.text)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """`app.demo(quick=True)` once, in process: (out dir, everything it printed, and what it had
+    printed when each call of fast.train's `train` (a training segment) began)."""
+    import contextlib
+    import io
+
+    import chainrule.fast.train as ftrain
+
+    out = tmp_path_factory.mktemp("quick") / "demo"
+    buffer, before_segment = io.StringIO(), []
+    real = ftrain.train
+
+    def spy(*args, **kwargs):
+        before_segment.append(buffer.getvalue())
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buffer):
+        mp.setattr(ftrain, "train", spy)
+        summary = app.demo(out, quick=True)
+    return out, summary, buffer.getvalue(), before_segment
+
+
+def test_demo_reports_progress_before_training_ends(quick_demo):
+    out, summary, printed, before_segment = quick_demo
+    # quick trains each model 8 steps, evaluating (and reporting) at 4 and 8: two segments each
+    assert len(before_segment) == 4
+    first, gated_second, gpt_first, gpt_second = before_segment
+    # before the first step: what it is about to do, the smoke-test label and the first model
+    assert first.startswith(f"chainrule demo --quick: training 2 small models on cpu, sampling digits and text "
+                            f"from them into {out}/ (seconds)\n")  # fmt: skip
+    assert app.smoke_test_note(8) in first and "[1/2] 2-layer Gated PixelCNN (hidden 8, class-conditional, " in first
+    assert "gated step" not in first  # no progress line before any training
+    # while the Gated PixelCNN trains: its step 4 line (train and validation loss, elapsed) before it goes on
+    line = next(x for x in gated_second.splitlines() if x.startswith("  gated step 4/8: "))
+    assert "bits/dim, validation " in line and " s elapsed, about " in line and "s to go" in line
+    assert "gated on digits: 8 steps" not in gated_second and "digits.png" not in gated_second
+    # its summary and its picture come before the GPT starts; then the GPT's progress
+    assert "  gated step 8/8: " in gpt_first and "gated on digits: 8 steps in" in gpt_first
+    assert f"wrote {out / 'digits.png'}" in gpt_first and (out / "digits.png").is_file()
+    assert "[2/2] 1-layer GPT (d=16, 2 heads, " in gpt_first
+    assert "  gpt step 4/8: " in gpt_second and "bits/byte" in gpt_second
+    # the whole output, in order: plan, each model's progress, summary and samples, the files written
+    order = ["chainrule demo --quick:", "smoke test:", "[1/2]", "  gated step 4/8", "  gated step 8/8",
+             "  gated on ", "sampling 20 digits (2 of each class)", f"wrote {out / 'digits.png'}", "[2/2]",
+             "  gpt step 4/8", "  gpt step 8/8", "  gpt on ", "sampling 2 texts of 32 bytes",
+             f"wrote {out / 'samples.txt'}", f"wrote {out / 'loss_curves.png'}", f"wrote {out / 'summary.json'}",
+             "smoke test:"]  # fmt: skip
+    lines = printed.splitlines()
+    assert len(lines) == len(order)
+    for line, start in zip(lines, order):
+        assert line.startswith(start), (line, start)
+    assert "\r" not in printed  # plain lines, no progress bar: readable in a log
+
+
+def test_demo_quick_pictures_say_they_are_a_smoke_test(quick_demo, tmp_path):
+    out, summary, printed, _ = quick_demo
+    note = app.smoke_test_note(8)
+    assert note.startswith("smoke test: 8 training steps per model -- not expected to look like digits")
+    assert summary["note"] == note and json.loads((out / "summary.json").read_text())["note"] == note
+    for name in ("digits.png", "loss_curves.png"):
+        assert png_text(out / name)["Description"] == note, name
+    # the pictures of a real run carry no such label
+    runs = [{"model": "gated", "data": "digits", "metric": "bits/dim", "val_metric": 1.5,
+             "history": {"step": [1, 2], "loss": [2.0, 1.0], "eval_step": [2], "val_loss": [1.0]}}]  # fmt: skip
+    x = data.digits("validation", 20)
+    digits = app._digits_figure(x, x, tmp_path / "d.png", by_class=True)
+    for path in (digits, app.plot_loss_curves(runs, tmp_path / "c.png")):
+        assert "smoke test" not in png_text(path)["Description"] and png_text(path)["Description"]
+
+
+def test_demo_digits_line_up_by_class():
+    real = app._validation_digits(30, by_class=True)
+    images, labels = data.digits("validation"), data.digit_labels("validation")
+    for k, image in enumerate(real):
+        (match,) = np.flatnonzero((images == image).all(axis=(1, 2, 3)))[:1]
+        assert labels[match] == k % 10  # row-major in rows of ten: digit k in column k, as sampled
+    assert np.array_equal(app._validation_digits(7, by_class=False), data.digits("validation", 7))
+    grid = app.image_grid(real, data.DIGIT_LEVELS, scale=1, pad=1, cols=10)
+    assert grid.shape == (3 * 9 + 1, 10 * 9 + 1, 3)
+    with pytest.raises(ValueError, match="cols: expected a positive int or None, got 0"):
+        app.image_grid(real, data.DIGIT_LEVELS, cols=0)
+
+
+def test_reported_training_is_the_same_run(tmp_path):
+    """train_run(report=...) trains in segments that resume from the checkpoint: the same run bit for bit."""
+    calls = []
+    whole = tiny_run(tmp_path / "whole", steps=6, eval_every=2)
+    parts = app.train_run("gpt", None, {**TINY_GPT, "eval_every": 2}, steps=6, out=tmp_path / "parts",
+                          progress=False, n_train=20_000, report=lambda r, s: calls.append((r.step, s)))  # fmt: skip
+    assert [step for step, _ in calls] == [2, 4, 6] and all(s > 0 for _, s in calls)
+    assert parts["history"] == whole["history"] | {"units_per_s": parts["history"]["units_per_s"]}
+    for name, value in whole["params"].items():
+        assert torch.equal(value, parts["params"][name]), name
+    with pytest.raises(ValueError, match="report: needs out"):
+        app.train_run("gpt", None, TINY_GPT, steps=2, n_train=20_000, report=lambda r, s: None)
 
 
 # ----------------------------------------------------------------------------- errors (in process)
@@ -159,7 +270,11 @@ def test_resume_continues_the_run_and_keeps_its_settings(tmp_path):
     run = tmp_path / "run"
     first = tiny_run(run, steps=4, lr=2e-3)
     assert first["steps"] == 4 and first["train_config"]["lr"] == 2e-3
-    more = app.train_run("gpt", None, {}, steps=6, out=run, resume=True, progress=False, n_train=20_000)
+    # more steps is another learning-rate schedule: refused unless asked for (--config new_schedule=true)
+    with pytest.raises(ValueError, match=r"TrainConfig\.steps: .*new_schedule=true"):
+        app.train_run("gpt", None, {}, steps=6, out=run, resume=True, progress=False, n_train=20_000)
+    more = app.train_run("gpt", None, {"new_schedule": "true"}, steps=6, out=run, resume=True, progress=False,
+                         n_train=20_000)  # fmt: skip
     assert more["steps"] == 6 and more["config"] == first["config"] and more["train_config"]["lr"] == 2e-3
     assert more["history"]["loss"][:4] == first["history"]["loss"]  # the history carries on
     assert len(more["history"]["loss"]) == 6

@@ -295,3 +295,17 @@ def test_sample_from_a_seed_is_the_same_in_reference_and_fast():
     ref = pc.sample(params, config, np.random.default_rng(5), 2)
     fast = fast_pc.sample(params, config, np.random.default_rng(5), 2).numpy()
     assert ref.shape == (2, 3, 2, 3) and ref.dtype == np.int64 and np.array_equal(ref, fast)
+
+
+def test_training_after_sampling_the_same_config():
+    """fast.pixelcnn caches its masks per config; the first use may be sampling, under
+    torch.inference_mode. A training step of the same config afterwards must still
+    differentiate through the cached masks."""
+    config = pc.Config(kind="gated", height=3, width=3, channels=1, levels=4, hidden=4, n_layers=1, input_kernel=3)
+    fast_pc._MASKS.clear()
+    params = {k: torch.from_numpy(v).requires_grad_() for k, v in pc.init(config, np.random.default_rng(0)).items()}
+    fast_pc.generate(params, config, torch.from_numpy(np.random.default_rng(1).random((1, 1, 3, 3))))
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 4, (2, 1, 3, 3)))
+    loss = -fast_pc.log_prob(params, config, x).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params.values())
