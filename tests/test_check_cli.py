@@ -22,6 +22,7 @@ import pytest
 from chainrule import app, check, cli
 from chainrule.reference import gpt as ref_gpt
 from chainrule.reference.checks import assert_close, naive_float32
+from diff_tests.peers.hf_weights import perturb_gpt2
 
 HAS_HF = importlib.util.find_spec("transformers") is not None
 needs_hf = pytest.mark.skipif(not HAS_HF, reason="HF transformers is not installed (pip install 'chainrule[hf]')")
@@ -49,34 +50,12 @@ def result_lines(out: str) -> dict:
     return lines
 
 
-def _perturb(model, seed):
-    """Every weight away from GPT-2's 0.02-std init (O(1) logits, LayerNorm gains 1 +- 0.3): near-uniform
-    logits would make the comparisons trivial."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            if name.endswith("wte.weight"):
-                p.copy_(noise)
-            elif name.endswith("wpe.weight"):
-                p.copy_(0.5 * noise)
-            elif ".ln_" in name or "ln_f" in name:
-                p.copy_(1.0 + 0.3 * noise if name.endswith("weight") else 0.3 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.2 * noise)
-            else:  # Conv1D weights (in, out)
-                p.copy_(noise / p.shape[0] ** 0.5)
-    return model
-
-
 def save_hf_gpt2(path, seed=0, **overrides):
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    model = _perturb(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**HF_SIZES, **overrides})), seed)
+    model = perturb_gpt2(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**HF_SIZES, **overrides})), seed)
     model.save_pretrained(str(path), safe_serialization=True)
     return path
 
@@ -341,7 +320,7 @@ def test_from_hf_gpt2_on_a_custom_vocabulary_gpt2():
     import transformers
 
     torch.manual_seed(0)
-    model = _perturb(transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_SIZES)), 0).eval()
+    model = perturb_gpt2(transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_SIZES)), 0).eval()
     state, hf_config = model.state_dict(), model.config.to_dict()
     assert hf_config["bos_token_id"] == 50256
     with pytest.raises(ValueError, match=r"bos_token: hf_config has bos_token_id=50256, outside the vocabulary "

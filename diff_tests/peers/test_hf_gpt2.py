@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers", reason="HF transformers is no
 from chainrule.fast import gpt as fast_gpt  # noqa: E402
 from chainrule.reference import gpt as ref_gpt  # noqa: E402
 from chainrule.reference.checks import assert_close  # noqa: E402
+from diff_tests.peers.hf_weights import perturb_gpt2  # noqa: E402
 
 LOGIT_ATOL = 1e-9  # HF and chainrule in float64: only the summation order differs
 
@@ -32,30 +33,11 @@ def _hf_config(**overrides):
     return transformers.GPT2Config(**kw)
 
 
-def _perturb(model, seed):
-    """Every weight away from the init: O(1) logits, LayerNorm gains 1 +- 0.3, nonzero biases."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
-            if name.endswith("wte.weight"):
-                p.copy_(noise)
-            elif name.endswith("wpe.weight"):
-                p.copy_(0.5 * noise)
-            elif ".ln_" in name or "ln_f" in name:
-                p.copy_(1.0 + 0.3 * noise if name.endswith("weight") else 0.3 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.2 * noise)
-            else:  # Conv1D weights (in, out)
-                p.copy_(noise / p.shape[0] ** 0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def hf_model():
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(_hf_config()).double().eval()
-    model = _perturb(model, 1)
+    model = perturb_gpt2(model, 1)
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "lm_head must be tied"
     return model
 
