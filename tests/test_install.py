@@ -12,6 +12,7 @@ same wheels `make run` does.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = (".git", ".venv", "build", "dist", "site", "*.egg-info", "__pycache__", "runs", "demo", "bench-results")
 
 
 def _base_python() -> str:
@@ -46,8 +48,11 @@ def installed(tmp_path_factory):
     """(bin folder of a fresh venv with the built wheel installed, a scratch folder outside the repository)."""
     tmp = tmp_path_factory.mktemp("install")
     env = _clean_env(tmp)
-    dist = tmp / "dist"
-    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", dist, ROOT], cwd=tmp, env=env)
+    dist, source = tmp / "dist", tmp / "source"
+    # a copy of the source: setuptools leaves build/ beside pyproject, and a stale build/lib
+    # (a module since moved) would end up in the wheel
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*SCRATCH))
+    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", dist, source], cwd=tmp, env=env)
     wheels = list(dist.glob("chainrule-*.whl"))
     assert len(wheels) == 1, wheels
     venv = tmp / "venv"
@@ -66,6 +71,11 @@ def test_wheel_holds_only_the_chainrule_namespace(installed):
         names = set(z.namelist())
     assert tops == {"chainrule", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}, tops
     assert "chainrule/reference/gpt.py" in names and "chainrule/fast/gpt.py" in names
+    # exactly the package's source files: nothing stale, nothing left out
+    folders = {"chainrule": ROOT / "chainrule", "chainrule/reference": ROOT / "reference", "chainrule/fast": ROOT / "fast"}
+    source = {f"{prefix}/{path.relative_to(folder).as_posix()}" for prefix, folder in folders.items()
+              for path in folder.rglob("*.py") if "__pycache__" not in path.parts}  # fmt: skip
+    assert {n for n in names if n.endswith(".py")} == source
 
 
 def test_installed_imports_resolve_inside_the_venv(installed):

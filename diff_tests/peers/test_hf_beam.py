@@ -27,7 +27,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers", reason="HF transformers is not installed (peers extra)")
 
-from diff_tests.peers.test_hf_gpt2 import _hf_config, _perturb, _state  # noqa: E402
+from diff_tests.peers.hf_weights import perturb_gpt2 as _perturb  # noqa: E402
+from diff_tests.peers.test_hf_gpt2 import _hf_config, _state  # noqa: E402
 from chainrule.fast import beam as fast_beam  # noqa: E402
 from chainrule.reference import beam as ref_beam  # noqa: E402
 from chainrule.reference import gpt as ref_gpt  # noqa: E402
