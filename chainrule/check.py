@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,10 +562,3 @@ def export(path, to: str, out_dir, *, force: bool = False, family: str | None = 
         raise CheckError(f"DIR: folder {str(out.parent.resolve())!r} does not exist")
     out.mkdir(exist_ok=True)
     return [out / name for name in fam.exporters[to](Path(path), out)]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) then rename over `path`: a kill at any moment leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -318,6 +318,8 @@ def export_run_to_hf(path: Path, out: Path) -> list[str]:
     import torch
     from safetensors.torch import save_file
 
+    from chainrule.fast.train.checkpoints import atomic_write
+
     tensors, config, meta = _read_run(path)
     dtype = tensors["wte"].dtype
     state, hf_config = ref_gpt.to_hf_gpt2({k: v.to(torch.float64).numpy() for k, v in tensors.items()}, config)
@@ -326,9 +328,9 @@ def export_run_to_hf(path: Path, out: Path) -> list[str]:
     hf_config |= {"dtype": str(dtype).removeprefix("torch."), "use_cache": True}
     generation = {"bos_token_id": config.bos_token, "eos_token_id": config.bos_token,
                   "pad_token_id": config.bos_token}  # fmt: skip
-    C.atomic_write(out / "model.safetensors", lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
-    C.atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(hf_config, indent=2) + "\n"))
-    C.atomic_write(out / "generation_config.json", lambda p: p.write_text(json.dumps(generation, indent=2) + "\n"))
+    atomic_write(out / "model.safetensors", lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
+    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(hf_config, indent=2) + "\n"))
+    atomic_write(out / "generation_config.json", lambda p: p.write_text(json.dumps(generation, indent=2) + "\n"))
     return ["config.json", "model.safetensors", "generation_config.json"]
 
 
