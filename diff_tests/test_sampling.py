@@ -201,7 +201,7 @@ def test_temperature_and_repetition_penalty(side, kind):
     check("repetition_penalty shared", want, side.numpy(side.sampling.repetition_penalty(side.array(x), side.array(shared), 2.0)), side)
 
 
-SPEC = {"repetition_penalty": {"context": [0, 2, 2, 5], "penalty": 1.2}, "temperature": 0.8,
+SPEC = {"static_repetition_penalty": {"context": [0, 2, 2, 5], "penalty": 1.2}, "temperature": 0.8,
         "top_k": 12, "top_p": 0.95, "min_p": 0.01, "typical": 0.97, "epsilon": 1e-4, "eta": 1e-4}  # fmt: skip
 
 
@@ -212,7 +212,7 @@ def test_apply_then_sample_gives_the_same_token(side, kind):
     rng = np.random.default_rng(20 + KINDS.index(kind))
     x = _kinds(rng, B=200, V=13)[kind]
     u = rng.random(200)
-    spec = dict(SPEC, repetition_penalty={"context": np.array([0, 2, 2, 5]), "penalty": 1.2})
+    spec = dict(SPEC, static_repetition_penalty={"context": np.array([0, 2, 2, 5]), "penalty": 1.2})
     # the chain is not continuous: judge the fast side on the logits it holds after each step
     seen = _seen(side, x)
     want_logits = ref.apply(seen, spec)

@@ -415,6 +415,7 @@ def repetition_penalty(logits, context, penalty) -> torch.Tensor:
 
 PROCESSORS = {
     "repetition_penalty": repetition_penalty,
+    "static_repetition_penalty": repetition_penalty,
     "temperature": temperature,
     "top_k": top_k,
     "top_p": top_p,
@@ -430,9 +431,9 @@ def chain(processors):
     return _ref.chain(processors, table=PROCESSORS)
 
 
-def apply(logits, processors) -> torch.Tensor:
+def apply(logits, processors, ids=None) -> torch.Tensor:
     """Compose `processors` in the order ORDER (as reference.sampling.apply)."""
     logits = _checked(logits)
     for process in chain(processors):
-        logits = process(logits)
+        logits = process(logits, ids)
     return logits

@@ -239,7 +239,7 @@ def test_apply_order_and_spec_forms():
     by_hand = ref.top_p(ref.top_k(ref.temperature(x, 0.5), 6), 0.8)
     assert np.array_equal(ref.apply(x, {"top_p": 0.8, "top_k": 6, "temperature": 0.5}), by_hand)
     assert np.array_equal(ref.apply(x, [("top_k", {"k": 6}), ("top_p", {"p": 0.8}), ("temperature", 0.5)]), by_hand)
-    assert [f.func.__name__ for f in ref.chain({"eta": 0.1, "temperature": 2.0, "top_k": 3})] == ["temperature", "top_k", "eta"]
+    assert [f.name for f in ref.chain({"eta": 0.1, "temperature": 2.0, "top_k": 3})] == ["temperature", "top_k", "eta"]
     assert np.array_equal(fast.apply(torch.from_numpy(x), {"top_p": 0.8, "top_k": 6, "temperature": 0.5}).numpy(), by_hand)
     for bad in ({"top_q": 0.5}, [("top_k",)], [("top_k", 2), ("top_k", 3)]):
         try:

@@ -141,7 +141,7 @@ def decode(logits, cache, step, max_new_tokens: int, *, processors=(), u=None):
 MASS_RTOL = 1e-12
 
 # The order in which `apply` composes processors (Hugging Face's order).
-ORDER = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta")
+ORDER = ("repetition_penalty", "static_repetition_penalty", "temperature", "top_k", "top_p", "min_p", "typical", "epsilon", "eta")
 
 
 def _check_unit(value, name, *, closed_high=True):
@@ -427,6 +427,7 @@ def repetition_penalty(logits, context, penalty):
 
 PROCESSORS = {
     "repetition_penalty": repetition_penalty,
+    "static_repetition_penalty": repetition_penalty,
     "temperature": temperature,
     "top_k": top_k,
     "top_p": top_p,
@@ -435,6 +436,65 @@ PROCESSORS = {
     "epsilon": epsilon,
     "eta": eta,
 }
+
+# ----------------------------------------------------------------------------- the processor protocol
+#
+# During generation a processor is called as
+#
+#     process(logits (B, V), ids (B, t)) -> logits (B, V)
+#
+# where ids are every token of each row so far: the prompt as given (its pads included,
+# as Hugging Face's processors see input_ids) followed by the tokens generated. A
+# processor that needs the step derives it from t and the prompt length it was built
+# with. History-free processors (temperature, the filters) ignore ids.
+
+# The processors of PROCESSORS whose function takes the history `ids` as its second
+# positional argument.
+HISTORY = frozenset({"repetition_penalty"})
+
+
+class Processor:
+    """One processor of `chain`: a function of PROCESSORS (or of a twin table) with its settings.
+
+    process(logits, ids=None) -> logits. A history processor (name in HISTORY) is
+    function(logits, ids, **kwargs) and refuses ids=None; the others are
+    function(logits, **kwargs) and ignore ids.
+    """
+
+    __slots__ = ("name", "function", "kwargs", "uses_history")
+
+    def __init__(self, name: str, function, kwargs: dict, uses_history: bool):
+        self.name, self.function, self.kwargs, self.uses_history = name, function, dict(kwargs), uses_history
+
+    def __call__(self, logits, ids=None):
+        if not self.uses_history:
+            return self.function(logits, **self.kwargs)
+        if ids is None:
+            raise ValueError(f"ids: the {self.name} processor needs the tokens so far, (B, t) int: "
+                             f"call it as process(logits, ids) (generate does)")
+        return self.function(logits, ids, **self.kwargs)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if k != "context")
+        return f"Processor({self.name}: {settings})"
+
+
+def as_processor(process):
+    """A processor of the protocol above, (logits, ids) -> logits, from what a user passes
+    as `processors=`: a `Processor` stays itself; another callable that accepts two
+    positional arguments receives (logits, ids); a callable of one argument gets logits alone.
+    ValueError naming `processors` for anything that is not callable."""
+    if isinstance(process, Processor):
+        return process
+    if not callable(process):
+        raise ValueError(f"processors: expected callables (logits, ids) -> logits, got {type(process).__name__}")
+    try:
+        inspect.signature(process).bind(None, None)
+    except TypeError:  # takes one positional argument: history-free
+        return lambda logits, ids: process(logits)
+    except ValueError:  # no signature to inspect (some builtins): call with logits alone
+        return lambda logits, ids: process(logits)
+    return process
 
 
 def _spec_items(spec):
@@ -451,10 +511,14 @@ def _spec_items(spec):
             raise ValueError(f"processors: expected names from {ORDER}, got {name!r}")
         if not isinstance(kwargs, dict):
             main = inspect.signature(PROCESSORS[name]).parameters
-            first = [p for p in main if p not in ("logits", "context")][0]
+            first = [p for p in main if p not in ("logits", "context", "ids")][0]
             kwargs = {first: kwargs}
-        if name == "repetition_penalty" and "context" not in kwargs:
-            raise ValueError("processors: repetition_penalty needs {'context': ..., 'penalty': ...}")
+        if name == "repetition_penalty" and "context" in kwargs:
+            raise ValueError("processors: repetition_penalty penalizes the tokens so far (prompt and generated) "
+                             "and takes no context; for a fixed context use static_repetition_penalty="
+                             "{'context': ..., 'penalty': ...}")
+        if name == "static_repetition_penalty" and "context" not in kwargs:
+            raise ValueError("processors: static_repetition_penalty needs {'context': ..., 'penalty': ...}")
         out.append((name, kwargs))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
@@ -463,25 +527,26 @@ def _spec_items(spec):
 
 
 def chain(processors, *, table=None):
-    """The processors named in `processors` as a list of one-argument callables
-    logits -> logits, in the documented order ORDER (whatever order they are listed
-    in): ready for `reference.gpt.generate(processors=...)`.
+    """The processors named in `processors` as a list of `Processor` callables
+    (logits, ids=None) -> logits, in the documented order ORDER (whatever order they
+    are listed in): ready for `reference.gpt.generate(processors=...)`.
 
     processors: {"top_k": {"k": 50}, "temperature": 0.7} or [("top_p", {"p": 0.9}), ...];
-    a bare value is the processor's first parameter. Each callable is a
-    functools.partial of the function of that name in PROCESSORS (or in `table`,
-    a dict with the same names, e.g. the fast twins').
+    a bare value is the processor's first parameter. Each Processor calls the function
+    of that name in PROCESSORS (or in `table`, a dict with the same names, e.g. the fast
+    twins'). History processors (HISTORY: repetition_penalty ...) need the ids; the
+    others can be called on logits alone.
     """
     table = PROCESSORS if table is None else table
     items = sorted(_spec_items(processors), key=lambda item: ORDER.index(item[0]))
-    return [functools.partial(table[name], **kwargs) for name, kwargs in items]
+    return [Processor(name, table[name], kwargs, name in HISTORY) for name, kwargs in items]
 
 
-def apply(logits, processors):
-    """Compose `processors` (as in `chain`) on logits, in the order ORDER:
-    repetition_penalty, temperature, top_k, top_p, min_p, typical, epsilon, eta
-    (Hugging Face's order: penalties, then temperature, then the filters)."""
+def apply(logits, processors, ids=None):
+    """Compose `processors` (as in `chain`) on logits, in the order ORDER (Hugging Face's
+    order: penalties and constraints, then temperature, then the filters). ids (B, t):
+    the tokens so far, needed by history processors."""
     check_logits(logits)
     for process in chain(processors):
-        logits = process(logits)
+        logits = process(logits, ids)
     return logits

@@ -28,7 +28,7 @@ SAMPLING_FILTERS = (
     ("epsilon", {"eps": 0.02}),
     ("eta", {"eps": 0.02}),
 )  # fmt: skip
-SAMPLING_CHAIN = {"repetition_penalty": {"penalty": 1.2}, "temperature": 0.8, "top_k": 20, "top_p": 0.95,
+SAMPLING_CHAIN = {"static_repetition_penalty": {"penalty": 1.2}, "temperature": 0.8, "top_k": 20, "top_p": 0.95,
                   "min_p": 0.01, "typical": 0.97, "epsilon": 1e-4, "eta": 1e-4}  # fmt: skip
 SAMPLING_DRAWS = 400  # rows of apply-then-sample, one shared uniform each
 SAMPLING_GOF_N = 20000  # draws for the goodness-of-fit row
@@ -143,7 +143,7 @@ def sampling_checks(backend, quick=False):
 
     # apply then sample: the reference's token from the same u, for the logits the backend produced
     u = case["u"]
-    spec = dict(SAMPLING_CHAIN, repetition_penalty=dict(SAMPLING_CHAIN["repetition_penalty"],
+    spec = dict(SAMPLING_CHAIN, static_repetition_penalty=dict(SAMPLING_CHAIN["static_repetition_penalty"],
                                                         context=case["draw_context"]))  # fmt: skip
     mismatched, compared, logits_off = 0, 0, 0
     for k, x in case["draws"].items():

@@ -110,7 +110,7 @@ def test_apply_matches_hf_list_in_hf_order():
     x = _tie_free(5)
     context = np.random.default_rng(1).integers(0, 40, size=(16, 6))
     spec = [("eta", 0.001), ("top_p", 0.9), ("temperature", 0.8), ("top_k", 20), ("epsilon", 0.0005),
-            ("typical", 0.97), ("min_p", 0.02), ("repetition_penalty", {"context": context, "penalty": 1.3})]  # fmt: skip
+            ("typical", 0.97), ("min_p", 0.02), ("static_repetition_penalty", {"context": context, "penalty": 1.3})]  # fmt: skip
     hf_list = hf.LogitsProcessorList([
         hf.RepetitionPenaltyLogitsProcessor(1.3), hf.TemperatureLogitsWarper(0.8), hf.TopKLogitsWarper(20),
         hf.TopPLogitsWarper(0.9), hf.MinPLogitsWarper(0.02), hf.TypicalLogitsWarper(0.97),
