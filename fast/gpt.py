@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
+from chainrule.fast import generation as fast_generation
 from chainrule.fast import metrics, sampling
+from chainrule.reference import generation
 from chainrule.fast.backend import checked_tensors, checked_tokens
 from chainrule.reference import gpt as _reference
 from chainrule.reference.gpt import Config, check_params, from_hf_gpt2, init, param_shapes, to_hf_gpt2
@@ -325,52 +327,127 @@ def network_block(config: Config, layer: Layer, x, k_cache, v_cache, P: int, att
     return x + layer.fc_proj(layer.fc(h)).view(B, T, C)  # fc: (B*T, 4C)
 
 
-def run_network(net: Network, tokens, cache, attn_impl: str, last_only: bool = False):
+def padded_attention_mask(key_mask: torch.Tensor, t_query: int) -> torch.Tensor:
+    """reference.gpt.padded_attention_mask: (B, 1, Tq, Tk) bool, causal and (key real or the query itself)."""
+    Tk = key_mask.shape[1]
+    causal = _causal_mask(t_query, Tk, key_mask.device)  # (Tq, Tk)
+    itself = torch.arange(Tk, device=key_mask.device)[None, :] == torch.arange(Tk - t_query, Tk, device=key_mask.device)[:, None]
+    return causal & (key_mask[:, None, None, :] | itself)  # (B, 1, Tq, Tk)
+
+
+def run_network(net: Network, tokens, cache, attn_impl: str, last_only: bool = False, mask=None, positions=None):
     """The network on tokens (B, T) placed after the cache's positions -> logits (B, T, V)
-    ((B, 1, V) with last_only). With a cache, writes its positions and advances its length."""
+    ((B, 1, V) with last_only: at each row's last real position). With a cache, writes its
+    positions and advances its length.
+
+    mask: None, or (B, T) bool, the real tokens of a padded batch (reference.gpt.forward): then,
+    or when the cache holds a key mask, attention is `padded_attention_mask` and the logits at
+    pad positions are 0; positions: None (P .. P+T-1) or (B, T) int64 position ids. Without
+    padding this is the plain causal network, its kernels untouched.
+    """
     B, T = tokens.shape
     P = 0 if cache is None else cache.length
-    x = F.embedding(tokens, net.wte) + net.wpe[P : P + T]  # (B, T, C)
+    x = F.embedding(tokens, net.wte) + (net.wpe[P : P + T] if positions is None else F.embedding(positions, net.wpe))
+    key_mask = None if cache is None else cache.mask
+    attn_mask = None
+    if mask is not None or key_mask is not None:
+        new = torch.ones((B, T), dtype=torch.bool, device=tokens.device) if mask is None else mask
+        if cache is None:
+            keys = new
+        else:
+            if key_mask is None:  # the first padded chunk: the cached positions were all real
+                key_mask = cache.mask = torch.ones((B, cache.max_len), dtype=torch.bool, device=tokens.device)
+            key_mask[:, P : P + T] = new
+            keys = key_mask[:, : P + T]
+        attn_mask = padded_attention_mask(keys, T)  # (B, 1, T, P+T)
     per_layer = [(None, None)] * len(net.layers) if cache is None else cache.layers
     for layer, (k_cache, v_cache) in zip(net.layers, per_layer):
-        x = network_block(net.config, layer, x, k_cache, v_cache, P, attn_impl)
+        x = network_block(net.config, layer, x, k_cache, v_cache, P, attn_impl, attn_mask)
     if cache is not None:
         cache.length = P + T
     if last_only:
-        x = x[:, -1:]  # (B, 1, C): the only logits generation needs
+        x = x[:, -1:] if mask is None else x[torch.arange(B, device=x.device), last_real(mask)][:, None]  # (B, 1, C)
     C = x.shape[-1]
     x = F.layer_norm(x, (C,), *net.ln_f, net.config.layer_norm_eps)
-    return net.head(x.reshape(-1, C)).view(B, x.shape[1], -1)  # (B, T, V)
+    logits = net.head(x.reshape(-1, C)).view(B, x.shape[1], -1)  # (B, T, V)
+    if mask is not None and not last_only:
+        logits = torch.where(mask[:, :, None], logits, 0.0)  # pads: logits 0, by definition
+    return logits
 
 
-def forward(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -> torch.Tensor:
+def last_real(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: each row's last real position of a (B, T) bool mask."""
+    T = mask.shape[1]
+    return T - 1 - torch.argmax(mask.flip(1).to(torch.uint8), dim=1)
+
+
+def check_attention_mask(attention_mask, shape: tuple, device) -> torch.Tensor:
+    """reference.gpt.check_attention_mask for torch tensors too -> bool (B, T) on `device`; same messages."""
+    if isinstance(attention_mask, torch.Tensor):
+        if attention_mask.is_floating_point() or attention_mask.is_complex():
+            raise ValueError(f"attention_mask: expected an integer or bool array of 0 and 1, got {attention_mask.dtype}")
+        probe = attention_mask.detach().to("cpu").numpy()
+    else:
+        probe = numpy.asarray(attention_mask) if hasattr(attention_mask, "__len__") else attention_mask
+    return torch.as_tensor(_reference.check_attention_mask(probe, tuple(shape)), device=device)
+
+
+def _mask_and_positions(config: Config, tokens: torch.Tensor, attention_mask, position_ids, seen):
+    """Checked (mask or None, positions or None) on the tokens' device (reference.gpt._mask_and_positions).
+    seen: (B,) int64 tensor or int, the real tokens already cached per row."""
+    mask = None if attention_mask is None else check_attention_mask(attention_mask, tokens.shape, tokens.device)
+    if position_ids is not None:
+        probe = position_ids.detach().to("cpu").numpy() if isinstance(position_ids, torch.Tensor) else position_ids
+        if isinstance(position_ids, torch.Tensor) and (position_ids.is_floating_point() or position_ids.dtype == torch.bool):
+            raise ValueError(f"position_ids: expected an integer array, got {position_ids.dtype}")
+        checked = _reference.check_position_ids(numpy.asarray(probe), tuple(tokens.shape), config)
+        return mask, torch.as_tensor(checked, device=tokens.device)
+    if mask is None:
+        return None, None
+    seen = torch.as_tensor(seen, device=tokens.device).reshape(-1, 1)
+    positions = torch.where(mask, seen + torch.cumsum(mask.long(), dim=1) - 1, 1)  # reference.gpt.positions_from_mask
+    if int(positions.max()) >= config.block_size:
+        raise ValueError(f"tokens: a row holds more than block_size={config.block_size} real tokens")
+    return mask, positions
+
+
+def forward(params: dict, config: Config, tokens, attention_mask=None, position_ids=None, *,
+            attn_impl: str = "sdpa") -> torch.Tensor:  # fmt: skip
     """All next-token logits at once (reference.gpt.forward).
 
     tokens: (B, T) int (torch or NumPy), 1 <= T <= block_size -> logits (B, T, V)
-    in the params' dtype. attn_impl: "sdpa" (fused) or "math" (explicit, same dtype).
-    Differentiable with respect to params that require grad.
+    in the params' dtype. attention_mask (B, T) 0/1 and position_ids (B, T): a padded
+    batch, as the reference (pads' logits 0). attn_impl: "sdpa" (fused) or "math"
+    (explicit, same dtype). Differentiable with respect to params that require grad.
     """
     params = checked_params(params, config)
     check_attn_impl(attn_impl)
     tokens = check_tokens(tokens, config, device=params["wte"].device)
+    mask, positions = _mask_and_positions(config, tokens, attention_mask, position_ids, 0)
     differentiable = needs_grad(params)
     with torch.enable_grad() if differentiable else torch.no_grad():
         net = network(params, config, kernel_mode(params, tokens.numel(), differentiable))
-        return run_network(net, tokens, None, attn_impl)
+        return run_network(net, tokens, None, attn_impl, mask=mask, positions=positions)
 
 
-def log_prob(params: dict, config: Config, tokens, *, attn_impl: str = "sdpa") -> torch.Tensor:
+def log_prob(params: dict, config: Config, tokens, attention_mask=None, *, attn_impl: str = "sdpa") -> torch.Tensor:
     """Exact chain-rule log-likelihood in nats, bos prepended (reference.gpt.log_prob):
 
         log p(x_1..x_T) = sum_t ( logits_t[x_t] - logsumexp(logits_t) )
 
     tokens: (B, T) -> (B,), float64 for float64 params, else float32 (the logits are
-    upcast to it before the log-softmax). Differentiable with respect to params.
+    upcast to it before the log-softmax). attention_mask (B, T): the real tokens only
+    (metrics.masked_chain_rule_log_prob). Differentiable with respect to params.
     """
     params = checked_params(params, config)
     tokens = check_tokens(tokens, config, device=params["wte"].device)
-    return metrics.chain_rule_log_prob(lambda inputs: forward(params, config, inputs, attn_impl=attn_impl), tokens,
-                                       config.bos_token)
+    if attention_mask is None:
+        return metrics.chain_rule_log_prob(lambda inputs: forward(params, config, inputs, attn_impl=attn_impl),
+                                           tokens, config.bos_token)  # fmt: skip
+    mask = check_attention_mask(attention_mask, tokens.shape, tokens.device)
+    return metrics.masked_chain_rule_log_prob(
+        lambda inputs, input_mask: forward(params, config, inputs, input_mask, attn_impl=attn_impl),
+        tokens, mask, config.bos_token)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -381,13 +458,15 @@ class KVCache:
 
     k, v: (n_layer, B, nh, max_len, hs) in the params' dtype, on their device.
     length: the number of positions filled (0..max_len); `prefill` and `step`
-    write positions [length, length + T) and advance it.
+    write positions [length, length + T) and advance it. mask: None while every
+    position is real, else (B, max_len) bool, the real positions of a padded batch.
     """
 
-    __slots__ = ("_k", "_v", "_layers", "length")
+    __slots__ = ("_k", "_v", "_layers", "length", "mask")
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int = 0):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int = 0, mask=None):
         self._k, self._v, self.length = k, v, length
+        self.mask = mask  # None (every position real) or (B, max_len) bool: the real positions
         self._layers = tuple(zip(k.unbind(0), v.unbind(0)))  # per layer: views (B, nh, max_len, hs)
 
     @property
@@ -412,6 +491,17 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
+
+    def positions(self) -> torch.Tensor:
+        """(B,) int64: each row's next position, the number of real tokens cached."""
+        if self.mask is None:
+            return torch.full((self.batch,), self.length, dtype=torch.int64, device=self.k.device)
+        return self.mask[:, : self.length].sum(dim=1)
+
+    def rows(self, index: torch.Tensor) -> "KVCache":
+        """A new cache holding only the rows `index` (B',) (copies)."""
+        mask = None if self.mask is None else self.mask[index]
+        return KVCache(self.k[:, index], self.v[:, index], self.length, mask)
 
     def __repr__(self) -> str:
         L, B, nh, max_len, hs = self.k.shape
@@ -454,11 +544,12 @@ def check_cache(cache, config: Config, params: dict) -> None:
         )
 
 
-def prefill(params: dict, config: Config, cache: KVCache, tokens):
+def prefill(params: dict, config: Config, cache: KVCache, tokens, attention_mask=None, position_ids=None):
     """Feed a chunk tokens (B, T) after the cached positions -> (logits (B, T, V), cache).
 
     Writes the chunk's keys and values into `cache` in place and returns that same
     object. Chunked prefill in any chunk sizes gives the logits of `forward`.
+    attention_mask / position_ids: as reference.gpt.prefill (the cache keeps the mask).
     """
     params = checked_params(params, config)
     check_cache(cache, config, params)
@@ -467,13 +558,17 @@ def prefill(params: dict, config: Config, cache: KVCache, tokens):
     if tokens.shape[0] != cache.batch:
         raise ValueError(f"tokens: expected batch {cache.batch} (the cache's), got {tokens.shape[0]}")
     with torch.inference_mode():
+        seen = cache.positions()
+        mask, positions = _mask_and_positions(config, tokens, attention_mask, position_ids, seen)
+        if positions is None and cache.mask is not None:  # an unpadded chunk after a padded cache
+            positions = seen[:, None] + torch.arange(tokens.shape[1], device=tokens.device)[None, :]
         net = network(params, config, kernel_mode(params, tokens.numel(), differentiable=False))
-        logits = run_network(net, tokens, cache, "sdpa")
+        logits = run_network(net, tokens, cache, "sdpa", mask=mask, positions=positions)
     return logits, cache
 
 
 def step(params: dict, config: Config, cache: KVCache, tokens_t):
-    """One decoding step: tokens_t (B,) at position cache.length -> (logits_t (B, V), cache)."""
+    """One decoding step: tokens_t (B,) at each row's next position -> (logits_t (B, V), cache)."""
     if getattr(tokens_t, "ndim", None) != 1:
         raise ValueError(f"tokens_t: expected shape (B,), got {getattr(tokens_t, 'shape', type(tokens_t))}")
     logits, cache = prefill(params, config, cache, tokens_t[:, None])
@@ -483,40 +578,62 @@ def step(params: dict, config: Config, cache: KVCache, tokens_t):
 # ----------------------------------------------------------------------------- generation
 
 
-def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, processors=(), u=None) -> torch.Tensor:
-    """Autoregressive generation through the KV cache (reference.gpt.generate).
+def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = None, *, generation_config=None,
+             attention_mask=None, processors=(), u=None) -> torch.Tensor:  # fmt: skip
+    """Autoregressive generation through the KV cache (reference.gpt.generate: the same
+    arguments, the same tokens).
 
-    prompt: (B, T0) int, T0 >= 1. At each step the last logits (float32 for
-    bfloat16/float32 params, float64 for float64) pass through `processors`
-    (callables (B, V) -> (B, V), applied in order), then the next token is
-      - u is None: the argmax (first index on ties)                 -> greedy;
-      - u (B, max_new_tokens) uniforms in [0, 1), NumPy or torch: the inverse-CDF
-        sample with u[:, n] (fast.sampling.sample), token for token the reference's.
-    Returns (B, T0 + max_new_tokens) int64 on the params' device.
-    T0 + max_new_tokens - 1 must not exceed block_size (the last token is never fed).
+    At each step the last logits (float32 for bfloat16/float32 params, float64 for float64)
+    pass through the processors, then the next token is the argmax (u None) or the
+    inverse-CDF sample with u[:, n] (fast.sampling.sample), token for token the reference's.
+    Padded prompts (attention_mask) run with a per-row attention mask and positions; without
+    padding the kernels are those of unpadded decoding. With eos or stop sequences a row that
+    finishes leaves the batch (its KV cache rows are dropped), so it costs nothing more.
+    Returns (B', T0 + n) int64 on the params' device.
     """
     params = checked_params(params, config)
-    if not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    N = int(max_new_tokens)
     wte = params["wte"]
+    prompt = check_tokens(prompt, config, name="prompt", device=wte.device)
+    run = generation.plan(generation_config, prompt.shape[1], config.vocab_size, max_new_tokens, processors, u,
+                          table=sampling.PROCESSORS)  # fmt: skip
+    N = run.max_new_tokens
+    if run.num_beams > 1:
+        raise ValueError("generation_config.num_beams: beam search runs in fast.beam.generate")
     prompt = check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1), device=wte.device)
+    mask = None if attention_mask is None else check_attention_mask(attention_mask, prompt.shape, wte.device)
+    if run.num_return_sequences > 1:  # each prompt R times in a row, as HF's repeat_interleave
+        prompt = prompt.repeat_interleave(run.num_return_sequences, dim=0)
+        mask = None if mask is None else mask.repeat_interleave(run.num_return_sequences, dim=0)
     B, T0 = prompt.shape
     if u is not None:
         u = sampling.check_uniforms(u, (B, N), wte.device)
     if N == 0:
         return prompt.clone()
     with torch.inference_mode():
-        prefill_mode, step_mode = kernel_mode(params, B * T0, False), kernel_mode(params, B, False)
-        net = network(params, config, prefill_mode)
-        cache = empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device, zeros=False)
-        logits = run_network(net, prompt, cache, "sdpa", last_only=True)[:, 0]  # (B, V)
-        net = net if step_mode == prefill_mode else network(params, config, step_mode)
+        _, positions = _mask_and_positions(config, prompt, mask, None, 0)
+        nets = {}
 
-        def next_logits(tokens):  # (B,) -> (B, V), the KV cache advanced in place
-            return run_network(net, tokens[:, None], cache, "sdpa")[:, 0]
+        def net_for(rows):  # the kernels for `rows` rows, made once per mode
+            mode = kernel_mode(params, rows, False)
+            if mode not in nets:
+                nets[mode] = network(params, config, mode)
+            return nets[mode]
 
-        return sampling.decode(logits, next_logits, prompt, N, processors=processors, u=u)
+        state = {"cache": empty_cache(config, B, T0 + N - 1, wte.dtype, wte.device, zeros=False)}
+        logits = run_network(net_for(B * T0), prompt, state["cache"], "sdpa", last_only=True, mask=mask,
+                             positions=positions)[:, 0]  # (B, V)  # fmt: skip
+
+        def next_logits(tokens):  # (B',) -> (B', V), the KV cache advanced in place
+            cache = state["cache"]
+            pos = None if cache.mask is None else cache.positions()[:, None]
+            return run_network(net_for(tokens.shape[0]), tokens[:, None], cache, "sdpa", positions=pos)[:, 0]
+
+        def keep(rows):  # drop the finished rows from the cache
+            state["cache"] = state["cache"].rows(rows)
+
+        return fast_generation.decode(logits, next_logits, prompt, N, processors=run.processors, u=u,
+                                      eos_token_id=run.eos_token_id, pad_token_id=run.pad_token_id,
+                                      stop_sequences=run.stop_sequences, keep=keep)  # fmt: skip
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

@@ -46,3 +46,20 @@ def chain_rule_log_prob(logits_fn, tokens: torch.Tensor, bos_token: int) -> torc
     logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     picked = logits.gather(-1, tokens[:, :, None])[:, :, 0] - torch.logsumexp(logits, dim=-1)  # (B, T)
     return picked.sum(dim=1)
+
+
+def masked_chain_rule_log_prob(logits_fn, tokens: torch.Tensor, mask: torch.Tensor, bos_token: int) -> torch.Tensor:
+    """reference.metrics.masked_chain_rule_log_prob on torch (padded rows: real tokens only, each
+    predicted from the last real input before it); logits upcast as in `chain_rule_log_prob`.
+    tokens (B, T) int64, mask (B, T) bool -> (B,)."""
+    B, T = tokens.shape
+    bos = torch.full((B, 1), bos_token, dtype=torch.int64, device=tokens.device)
+    inputs = torch.cat([bos, tokens[:, :-1]], dim=1)  # (B, T)
+    input_mask = torch.cat([torch.ones((B, 1), dtype=torch.bool, device=mask.device), mask[:, :-1]], dim=1)
+    logits = logits_fn(inputs, input_mask)  # (B, T, V)
+    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    index = torch.where(input_mask, torch.arange(T, device=tokens.device)[None, :], 0)  # (B, T)
+    predictor = torch.cummax(index, dim=1).values  # (B, T): the last real input <= t
+    at = logits.gather(1, predictor[:, :, None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+    picked = at.gather(-1, tokens[:, :, None])[:, :, 0] - torch.logsumexp(at, dim=-1)  # (B, T)
+    return torch.where(mask, picked, 0.0).sum(dim=1)

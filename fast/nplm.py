@@ -24,6 +24,7 @@ import numpy
 import torch
 import torch.nn.functional as F
 
+from chainrule.fast import generation as fast_generation
 from chainrule.fast import metrics, sampling
 from chainrule.fast.backend import checked_tensors, checked_tokens
 from chainrule.reference import nplm as _reference
@@ -185,7 +186,7 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
             return _logits(params, config, _features(params, config, window[0]), "fused", UW)
 
         logits = _logits(params, config, _features(params, config, window[0]), "fused", UW)  # (B, V)
-        return sampling.decode(logits, next_logits, prompt, N, processors=processors, u=u)
+        return fast_generation.decode(logits, next_logits, prompt, N, processors=processors, u=u)
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ import numpy
 import torch
 import torch.nn.functional as F
 
+from chainrule.fast import generation as fast_generation
 from chainrule.fast import metrics, sampling
 from chainrule.fast.backend import checked_tensors, checked_tokens
 from chainrule.reference import rnn as _reference
@@ -395,7 +396,7 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
             return torch.addmm(head_b, o[:, 0], head_w)  # (B, V)
 
         logits = torch.addmm(head_b, o[:, -1], head_w)  # (B, V)
-        return sampling.decode(logits, next_logits, prompt, N, processors=processors, u=u)
+        return fast_generation.decode(logits, next_logits, prompt, N, processors=processors, u=u)
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

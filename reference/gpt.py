@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy
 
 from chainrule.reference import metrics, nn, validate
-from chainrule.reference import sampling
+from chainrule.reference import generation, sampling
 from chainrule.reference.xp import namespace, to_numpy
 
 
@@ -155,6 +155,61 @@ def check_tokens(tokens, config: Config, name: str = "tokens", max_len: int | No
         raise ValueError(f"{name}: token ids must lie in [0, {config.vocab_size}), got {bad}")
 
 
+def check_attention_mask(attention_mask, shape: tuple, name: str = "attention_mask"):
+    """attention_mask as a bool array of `shape` (B, T); ValueError naming it unless it is an
+    integer or bool array of that shape holding only 0 and 1, with at least one 1 per row.
+
+    Any 0/1 pattern is accepted: left padding, right padding, and holes in the middle (a 0
+    between real tokens: the token there is ignored, and positions skip it, see
+    `positions_from_mask`). A row without any real token has nothing to condition on and is refused.
+    """
+    xp = namespace(attention_mask)
+    kind = getattr(getattr(attention_mask, "dtype", None), "kind", None)
+    if kind not in ("i", "u", "b"):
+        raise ValueError(f"{name}: expected an integer or bool array of 0 and 1, "
+                         f"got {getattr(attention_mask, 'dtype', type(attention_mask).__name__)}")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (the tokens'), got {tuple(attention_mask.shape)}")
+    if kind != "b" and attention_mask.size and bool(xp.any((attention_mask != 0) & (attention_mask != 1))):
+        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)].ravel()[0]
+        raise ValueError(f"{name}: expected only 0 and 1, got {int(bad)}")
+    mask = attention_mask.astype(bool)
+    empty = ~xp.any(mask, axis=1)
+    if bool(xp.any(empty)):
+        raise ValueError(f"{name}: row {int(xp.argmax(empty))} has no real token (all 0)")
+    return mask
+
+
+def positions_from_mask(mask, start=0):
+    """Position ids of a padded batch, as Hugging Face's generate derives them:
+
+        position_t = start + (number of real tokens before t)  = start + cumsum(mask)_t - 1   (real t)
+        position_t = 1                                                                     (pad t)
+
+    mask: (B, T) bool; start: int or (B,) the real tokens already seen (a KV cache's) -> (B, T) int64.
+    A real token's position counts only the real tokens before it, so a row's positions do not
+    depend on how much padding it carries, or where. (Pads get 1 as in HF; their outputs are
+    not used.)
+    """
+    xp = namespace(mask)
+    start = xp.asarray(start).reshape(-1, 1)  # (B, 1) or (1, 1)
+    real_position = start + xp.cumsum(mask.astype(xp.int64), axis=1) - 1  # (B, T)
+    return xp.where(mask, real_position, 1).astype(xp.int64)
+
+
+def check_position_ids(position_ids, shape: tuple, config: Config, name: str = "position_ids"):
+    """position_ids as an int64 array of `shape`; ValueError naming it unless integer with values in [0, block_size)."""
+    xp = namespace(position_ids)
+    if getattr(getattr(position_ids, "dtype", None), "kind", None) not in ("i", "u"):
+        raise ValueError(f"{name}: expected an integer array, got {getattr(position_ids, 'dtype', type(position_ids))}")
+    if tuple(position_ids.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (the tokens'), got {tuple(position_ids.shape)}")
+    if position_ids.size and (int(position_ids.min()) < 0 or int(position_ids.max()) >= config.block_size):
+        bad = int(position_ids.min()) if int(position_ids.min()) < 0 else int(position_ids.max())
+        raise ValueError(f"{name}: expected positions in [0, {config.block_size}) (block_size), got {bad}")
+    return xp.asarray(position_ids).astype(xp.int64)
+
+
 # ----------------------------------------------------------------------------- the network
 
 
@@ -164,7 +219,7 @@ def block(params: dict, config: Config, i: int, x, past_k, past_v, mask=None):
     x: (B, T, C) activations of the T newest positions; past_k, past_v: (B, nh, P, hs)
     keys/values of the P earlier positions. mask: (T, P+T) bool, True where a new position
     may attend (default: causal, nn.causal_mask; decoders that verify trees or windows of
-    candidates pass their own). Returns (x', k, v) with k, v: (B, nh, P+T, hs).
+    candidates pass their own), or (B, 1, T, P+T) per row (padded batches, `padded_attention_mask`). Returns (x', k, v) with k, v: (B, nh, P+T, hs).
     """
     xp = namespace(x)
     p = f"blocks.{i}."
@@ -183,47 +238,113 @@ def block(params: dict, config: Config, i: int, x, past_k, past_v, mask=None):
     return x, k, v
 
 
-def _run(params: dict, config: Config, tokens, cache: dict):
-    """The network on `tokens` (B, T) placed after the cache's positions -> (logits (B, T, V), new cache)."""
+def padded_attention_mask(key_mask, t_query: int):
+    """The attention mask of a padded batch, (B, 1, Tq, Tk) bool, True where query i may attend key j:
+
+        allowed(i, j) = causal(i, j) and (key_mask[j] or j == p_i)
+
+    key_mask: (B, Tk) bool, the real tokens among the Tk keys (cache then new); the queries are the
+    last t_query positions (query i at p_i = Tk - Tq + i, `nn.causal_mask`). A real query sees
+    the real keys before it and itself; a pad query sees itself as well, only so that its row is
+    never empty (its outputs are discarded: see `forward`).
+    """
+    xp = namespace(key_mask)
+    Tk = key_mask.shape[1]
+    causal = nn.causal_mask(t_query, Tk, xp)  # (Tq, Tk)
+    itself = xp.arange(Tk)[None, :] == xp.arange(Tk - t_query, Tk)[:, None]  # (Tq, Tk): j == p_i
+    return causal[None, None] & (key_mask[:, None, None, :] | itself[None, None])  # (B, 1, Tq, Tk)
+
+
+def _run(params: dict, config: Config, tokens, cache: dict, mask=None, positions=None):
+    """The network on `tokens` (B, T) placed after the cache's positions -> (logits (B, T, V), new cache).
+
+    mask: None (every token real; the cache has no padding either) or (B, T) bool, the real tokens;
+    positions: None (P .. P+T-1) or (B, T) int position ids. With padding anywhere (mask given or
+    the cache holding a mask) attention follows `padded_attention_mask` and the cache keeps the
+    key mask (B, P+T); without, it is plain causal attention, as GPT-2's.
+    """
     xp = namespace(params["wte"])
     tokens = xp.asarray(tokens)
-    P, T = cache["length"], tokens.shape[1]
-    x = nn.embedding(tokens, params["wte"]) + params["wpe"][P : P + T]  # (B, T, C)
+    B, T = tokens.shape
+    P = cache["length"]
+    if positions is None:
+        positions = xp.broadcast_to(xp.arange(P, P + T), (B, T))
+    x = nn.embedding(tokens, params["wte"]) + params["wpe"][positions]  # (B, T, C)
+    key_mask, attn_mask = cache.get("mask"), None
+    if mask is not None or key_mask is not None:
+        past = xp.ones((B, P), dtype=bool) if key_mask is None else key_mask  # (B, P)
+        new = xp.ones((B, T), dtype=bool) if mask is None else mask  # (B, T)
+        key_mask = xp.concatenate([past, new], axis=1)  # (B, P+T)
+        attn_mask = padded_attention_mask(key_mask, T)  # (B, 1, T, P+T)
     keys, values = [], []
     for i in range(config.n_layer):
-        x, k, v = block(params, config, i, x, cache["k"][i], cache["v"][i])
+        x, k, v = block(params, config, i, x, cache["k"][i], cache["v"][i], attn_mask)
         keys.append(k)
         values.append(v)
     x = nn.layer_norm(x, params["ln_f.g"], params["ln_f.b"], config.layer_norm_eps)
     logits = x @ params["wte"].T  # (B, T, V)
-    return logits, {"k": tuple(keys), "v": tuple(values), "length": P + T}
+    if mask is not None:
+        logits = xp.where(mask[:, :, None], logits, 0.0)  # pads: logits 0, by definition
+    new_cache = {"k": tuple(keys), "v": tuple(values), "length": P + T}
+    if key_mask is not None:
+        new_cache["mask"] = key_mask
+    return logits, new_cache
 
 
-def forward(params: dict, config: Config, tokens):
+def _mask_and_positions(config: Config, tokens, attention_mask, position_ids, seen=0):
+    """Checked (mask or None, positions or None) for tokens (B, T) after `seen` real tokens per row."""
+    mask = None if attention_mask is None else check_attention_mask(attention_mask, tokens.shape)
+    if position_ids is not None:
+        return mask, check_position_ids(position_ids, tokens.shape, config)
+    if mask is None:
+        return None, None
+    positions = positions_from_mask(mask, seen)
+    if int(positions.max()) >= config.block_size:
+        raise ValueError(f"tokens: a row holds more than block_size={config.block_size} real tokens")
+    return mask, positions
+
+
+def forward(params: dict, config: Config, tokens, attention_mask=None, position_ids=None):
     """All next-token logits at once (teacher forcing).
 
     tokens: (B, T) int, 1 <= T <= block_size -> logits (B, T, V) float64, where
     logits[:, t] is the (unnormalized log) distribution of the token that follows
     tokens[:, :t+1]. No token is prepended: see `log_prob` for the bos convention.
+
+    Padded batches: attention_mask (B, T) of 1 (real token) and 0 (pad), any pattern
+    (`check_attention_mask`). A real token attends to the real tokens up to it; position
+    ids default to `positions_from_mask` (as HF's generate derives them; HF's own forward
+    does not, which is why its left-padded forward without position_ids is wrong), or are
+    given as position_ids (B, T). The logits at real positions are those of the row alone,
+    without its pads; the logits at pad positions are 0 (defined so, and never used).
     """
     check_params(params, config)
     check_tokens(tokens, config)
-    logits, _ = _run(params, config, tokens, init_cache(params, config, tokens.shape[0]))
+    mask, positions = _mask_and_positions(config, tokens, attention_mask, position_ids)
+    logits, _ = _run(params, config, tokens, init_cache(params, config, tokens.shape[0]), mask, positions)
     return logits
 
 
-def log_prob(params: dict, config: Config, tokens):
+def log_prob(params: dict, config: Config, tokens, attention_mask=None):
     """Exact chain-rule log-likelihood in nats:
 
         log p(x_1..x_T) = sum_{t=1}^{T} log softmax(logits(bos, x_1..x_{t-1}))[x_t]
 
     with bos = config.bos_token prepended, so every token, the first included, is
     predicted. tokens: (B, T), 1 <= T <= block_size -> (B,) float64.
+
+    attention_mask (B, T): the sum runs over the real tokens only, each predicted from
+    bos and the real tokens before it: a padded row scores exactly what the row alone
+    scores (`metrics.masked_chain_rule_log_prob`).
     """
     xp = namespace(params["wte"])
     check_tokens(tokens, config)
-    return metrics.chain_rule_log_prob(lambda inputs: forward(params, config, inputs), xp.asarray(tokens),
-                                       config.bos_token)
+    tokens = xp.asarray(tokens)
+    if attention_mask is None:
+        return metrics.chain_rule_log_prob(lambda inputs: forward(params, config, inputs), tokens, config.bos_token)
+    mask = check_attention_mask(attention_mask, tokens.shape)
+    return metrics.masked_chain_rule_log_prob(
+        lambda inputs, input_mask: forward(params, config, inputs, input_mask), tokens, mask, config.bos_token)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -236,20 +357,37 @@ def init_cache(params: dict, config: Config, batch: int) -> dict:
     return {"k": (empty,) * config.n_layer, "v": (empty,) * config.n_layer, "length": 0}
 
 
-def prefill(params: dict, config: Config, cache: dict, tokens):
+def prefill(params: dict, config: Config, cache: dict, tokens, attention_mask=None, position_ids=None):
     """Feed a chunk of tokens (B, T) after the cached positions -> (logits (B, T, V), new cache).
 
     Pure: the input cache is left as it was. Chunked prefill in any chunk sizes
-    gives the logits of `forward` on the concatenation.
+    gives the logits of `forward` on the concatenation. attention_mask (B, T): the
+    chunk's real tokens (the cache carries the mask of the earlier ones); position ids
+    continue from the real tokens already cached unless given.
     """
     check_tokens(tokens, config, max_len=config.block_size - cache["length"])
     if tokens.shape[0] != cache["k"][0].shape[0]:
         raise ValueError(f"tokens: expected batch {cache['k'][0].shape[0]} (the cache's), got {tokens.shape[0]}")
-    return _run(params, config, tokens, cache)
+    xp = namespace(params["wte"])
+    seen = cache_positions(cache)
+    mask, positions = _mask_and_positions(config, tokens, attention_mask, position_ids, seen)
+    if positions is None and cache.get("mask") is not None:  # unpadded chunk after a padded cache
+        positions = seen[:, None] + xp.arange(tokens.shape[1])[None, :]
+    return _run(params, config, tokens, cache, mask, positions)
+
+
+def cache_positions(cache: dict):
+    """(B,) int64: the position of the next token of each row, the number of real tokens cached."""
+    xp = namespace(cache["k"][0])
+    B = cache["k"][0].shape[0]
+    if cache.get("mask") is None:
+        return xp.full((B,), cache["length"], dtype=xp.int64)
+    return xp.sum(cache["mask"], axis=1).astype(xp.int64)
 
 
 def step(params: dict, config: Config, cache: dict, tokens_t):
-    """One decoding step: tokens_t (B,) at position cache['length'] -> (logits_t (B, V), new cache)."""
+    """One decoding step: tokens_t (B,) at position cache['length'] -> (logits_t (B, V), new cache).
+    The token is real (a padded cache's mask grows by a 1) at each row's next position."""
     xp = namespace(tokens_t)
     if getattr(tokens_t, "ndim", None) != 1:
         raise ValueError(f"tokens_t: expected shape (B,), got {getattr(tokens_t, 'shape', type(tokens_t))}")
@@ -260,32 +398,59 @@ def step(params: dict, config: Config, cache: dict, tokens_t):
 # ----------------------------------------------------------------------------- generation
 
 
-def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, processors=(), u=None):
-    """Autoregressive generation, one token at a time through the KV cache.
+def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = None, *, generation_config=None,
+             attention_mask=None, processors=(), u=None):  # fmt: skip
+    """Autoregressive generation, one token at a time through the KV cache, as HF's `generate`.
 
     prompt: (B, T0) int, T0 >= 1, fed to the model as it is (prepend config.bos_token
-    yourself to sample from the distribution `log_prob` scores).
-    At each step the last logits pass through `processors` (callables logits (B, V)
-    -> logits, applied in order), then the next token is
-      - u is None: the argmax (first index on ties)          -> greedy decoding;
-      - u (B, max_new_tokens) uniforms in [0, 1): inverse-CDF sample with u[:, n].
-    Returns (B, T0 + max_new_tokens) int64, the prompt followed by the new tokens.
-    T0 + max_new_tokens - 1 must not exceed block_size (the last token is never fed).
+    yourself to sample from the distribution `log_prob` scores). attention_mask (B, T0):
+    a padded batch of prompts of different lengths (left or right padding; a right-padded
+    row continues from its last real token, its pads stay in place as holes).
+    generation_config: a `generation.GenerationConfig` (HF's names: eos_token_id,
+    min_new_tokens, repetition_penalty, do_sample, top_k, ...): its processors, in HF's
+    order, with `processors` (the user's, of the processor protocol) between the
+    penalties and the warpers. Without one: `processors` as given, no eos.
+    Randomness: u None -> greedy (the argmax, first index on ties); u (B', N) uniforms in
+    [0, 1) -> inverse-CDF sampling with u[:, n] at step n (do_sample=True needs u);
+    B' = B * num_return_sequences (each prompt repeated in place, as HF).
+    The loop is `generation.decode`: rows finish at eos or a stop sequence and then hold
+    pad; it stops when all rows have finished.
+    Returns (B', T0 + n) int64: the prompt as given (padded) followed by the n <= N new tokens.
+    T0 + N - 1 must not exceed block_size (the last token is never fed).
     """
     xp = namespace(params["wte"])
     check_params(params, config)
-    if not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(max_new_tokens, 1))
+    check_tokens(prompt, config, name="prompt")
+    run = generation.plan(generation_config, prompt.shape[1], config.vocab_size, max_new_tokens, processors, u)
+    N = run.max_new_tokens
+    if run.num_beams > 1:
+        raise ValueError("generation_config.num_beams: beam search runs in reference.beam.generate")
+    check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1))
     prompt = xp.asarray(prompt).astype(xp.int64)
+    mask = None if attention_mask is None else check_attention_mask(attention_mask, prompt.shape)
+    if run.num_return_sequences > 1:  # each prompt R times in a row, as HF's repeat_interleave
+        prompt = xp.repeat(prompt, run.num_return_sequences, axis=0)
+        mask = None if mask is None else xp.repeat(mask, run.num_return_sequences, axis=0)
     B = prompt.shape[0]
-    u = sampling.check_uniforms(u, (B, max_new_tokens), xp)
-    if max_new_tokens == 0:
+    u = sampling.check_uniforms(u, (B, N), xp)
+    if N == 0:
         return prompt
-    logits, cache = prefill(params, config, init_cache(params, config, B), prompt)
+    logits, cache = prefill(params, config, init_cache(params, config, B), prompt, mask)
     step_fn = functools.partial(step, params, config)  # (cache, tokens (B,)) -> (logits (B, V), new cache)
-    new = sampling.decode(logits[:, -1], cache, step_fn, max_new_tokens, processors=processors, u=u)
-    return xp.concatenate([prompt, new], axis=1)  # (B, T0 + N)
+    new = generation.decode(last_real(logits, mask), cache, step_fn, prompt, N, processors=run.processors, u=u,
+                            eos_token_id=run.eos_token_id, pad_token_id=run.pad_token_id,
+                            stop_sequences=run.stop_sequences)  # fmt: skip
+    return xp.concatenate([prompt, new], axis=1)  # (B, T0 + n)
+
+
+def last_real(logits, mask):
+    """logits (B, T, V) -> (B, V): at each row's last real position (the last one without a mask)."""
+    xp = namespace(logits)
+    if mask is None:
+        return logits[:, -1]
+    T = mask.shape[1]
+    last = T - 1 - xp.argmax(xp.flip(mask, axis=1), axis=1)  # (B,)
+    return logits[xp.arange(logits.shape[0]), last]
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int):

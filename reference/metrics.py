@@ -58,3 +58,28 @@ def chain_rule_log_prob(logits_fn, tokens, bos_token: int):
     logp = nn.log_softmax(logits_fn(inputs), axis=-1)  # (B, T, V)
     picked = xp.take_along_axis(logp, tokens[:, :, None], axis=-1)[:, :, 0]  # (B, T)
     return xp.sum(picked, axis=1)
+
+
+def masked_chain_rule_log_prob(logits_fn, tokens, mask, bos_token: int):
+    """`chain_rule_log_prob` of padded rows: the sum over the real tokens only, each predicted
+    from bos and the real tokens before it, so a padded row scores what the row alone scores:
+
+        log p(x) = sum_{t : mask_t} log softmax(logits at r(t))[x_t],
+        r(t) = the last real input at or before t in  inputs = (bos, x_1..x_{T-1}),
+               input mask = (1, mask_1..mask_{T-1})
+
+    (with left padding the bos sits before the pads, and the first real token is predicted
+    from the bos, as in the unpadded row). logits_fn: (inputs (B, T), input mask (B, T) bool)
+    -> logits (B, T, V), a real position seeing the real inputs up to it; tokens (B, T) int;
+    mask (B, T) bool -> (B,) float64.
+    """
+    xp = namespace(tokens)
+    tokens = xp.asarray(tokens)
+    B, T = tokens.shape
+    inputs = xp.concatenate([xp.full((B, 1), bos_token, dtype=tokens.dtype), tokens[:, :-1]], axis=1)  # (B, T)
+    input_mask = xp.concatenate([xp.ones((B, 1), dtype=bool), mask[:, :-1]], axis=1)  # (B, T)
+    logp = nn.log_softmax(logits_fn(inputs, input_mask), axis=-1)  # (B, T, V)
+    index = xp.where(input_mask, xp.arange(T)[None, :], 0)  # (B, T): t at real inputs
+    predictor = xp.maximum.accumulate(index, axis=1)  # (B, T): r(t), the last real input <= t
+    picked = logp[xp.arange(B)[:, None], predictor, tokens]  # (B, T)
+    return xp.sum(xp.where(mask, picked, 0.0), axis=1)

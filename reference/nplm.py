@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy
 
 from chainrule.reference import metrics, nn, validate
-from chainrule.reference import sampling
+from chainrule.reference import generation, sampling
 from chainrule.reference.xp import namespace
 
 
@@ -267,7 +267,7 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
         return prompt
     logits, cache = prefill(params, config, init_cache(params, config, B), prompt)
     step_fn = functools.partial(step, params, config)  # (cache, tokens (B,)) -> (logits (B, V), new cache)
-    new = sampling.decode(logits[:, -1], cache, step_fn, max_new_tokens, processors=processors, u=u)
+    new = generation.decode(logits[:, -1], cache, step_fn, prompt, max_new_tokens, processors=processors, u=u)
     return xp.concatenate([prompt, new], axis=1)  # (B, T0 + N)
 
 
