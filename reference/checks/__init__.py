@@ -66,6 +66,7 @@ The package, one module per topic (every name below is importable from
     tokens           generated tokens: compare_tokens, assert_tokens, JUDGE_FACTOR, MIN_JUDGED
     causality        dependency_matrix, assert_causal, allowed_dependencies
     normalization    enumerate_sequences, enumerate_log_probs, assert_normalized
+    padding          compare_padding, assert_padding_invariant (padded batches)
     purity           assert_pure
     equivalence      naive_float32, logits_through_cache
     gradients        finite_difference_grad, FD_STEPS, FD_ACCURACY
@@ -90,6 +91,7 @@ from . import (
     gradients,
     images,
     normalization,
+    padding,
     purity,
     speculative,
     tokens,
@@ -131,6 +133,11 @@ enumerate_sequences = normalization.enumerate_sequences
 enumerate_log_probs = normalization.enumerate_log_probs
 assert_normalized = normalization.assert_normalized
 
+# padding.py
+PaddingComparison = padding.PaddingComparison
+compare_padding = padding.compare_padding
+assert_padding_invariant = padding.assert_padding_invariant
+
 # purity.py
 assert_pure = purity.assert_pure
 
@@ -169,6 +176,7 @@ __all__ = [
     "JUDGE_FACTOR", "MIN_JUDGED", "MIN_JUDGED_COUNT", "TokenComparison", "compare_tokens", "assert_tokens",
     "dependency_matrix", "format_dependency_matrix", "allowed_dependencies", "assert_causal",
     "enumerate_sequences", "enumerate_log_probs", "assert_normalized",
+    "PaddingComparison", "compare_padding", "assert_padding_invariant",
     "assert_pure",
     "naive_float32", "logits_through_cache",
     "FD_STEPS", "FD_ACCURACY", "FiniteDifference", "finite_difference_grad",
