@@ -164,3 +164,31 @@ def test_generate_refuses_bad_input(side):
     for field, value in (("repetition_penalty", 0.0), ("pad_token_id", -1), ("top_p", 0.0), ("max_length", 0)):
         with pytest.raises(ValueError, match=f"^generation_config.{field}"):
             generation.GenerationConfig(**{field: value})
+
+
+@pytest.mark.parametrize("model", ["rnn", "nplm"])
+def test_recurrent_and_window_models_with_eos(side, model):
+    """The same loop drives the RNN LM and the NPLM: eos, pad, repetition penalty, sampling."""
+    if side.is_cupy:
+        pytest.skip("fast.rnn / fast.nplm are torch models")
+    from chainrule.fast import nplm as fast_nplm, rnn as fast_rnn
+    from chainrule.reference import nplm as ref_nplm, rnn as ref_rnn
+
+    ref, fast = (ref_rnn, fast_rnn) if model == "rnn" else (ref_nplm, fast_nplm)
+    config = (ref_rnn.Config(kind="lstm", vocab_size=9, n_embd=4, hidden=6) if model == "rnn"
+              else ref_nplm.Config(vocab_size=9, order=3, n_embd=4, hidden=6))  # fmt: skip
+    p = ref.random_params(config, np.random.default_rng(2))
+    prompt = np.array([[1, 2], [3, 4], [5, 6]])
+    u = np.random.default_rng(3).random((3, 10))
+    gen = generation.GenerationConfig(max_new_tokens=10, do_sample=True, top_k=None, eos_token_id=2, pad_token_id=0,
+                                      repetition_penalty=1.4)  # fmt: skip
+    want = ref.generate(p, config, prompt, generation_config=gen, u=u)
+    got = side.numpy(fast.generate(side.params(p), config, side.array(prompt), generation_config=gen,
+                                   u=side.array(u, dtype=None)))  # fmt: skip
+    assert (want[:, 2:] == 2).any(), "the case must exercise eos"
+    if side.dtype == "float64":
+        assert np.array_equal(got, want)
+    for row in got[:, 2:]:
+        ends = np.flatnonzero(row == 2)
+        if ends.size:
+            assert np.all(row[ends[0] + 1 :] == 0)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from chainrule.fast import generation as fast_generation
 from chainrule.fast import metrics, sampling
+from chainrule.reference import generation
 from chainrule.fast.backend import checked_tensors, checked_tokens
 from chainrule.reference import nplm as _reference
 from chainrule.reference.nplm import Config, init, param_shapes, random_params
@@ -156,20 +157,23 @@ def step(params: dict, config: Config, cache: dict, tokens_t):
 # ----------------------------------------------------------------------------- generation
 
 
-def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, processors=(), u=None) -> torch.Tensor:
+def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = None, *, generation_config=None,
+             processors=(), u=None) -> torch.Tensor:  # fmt: skip
     """Autoregressive generation through the window (reference.nplm.generate).
 
     prompt: (B, T0) int, T0 >= 1. At each step the last logits (float32 for bfloat16/float32
     params, float64 for float64) pass through `processors`, then the next token is the argmax
     (u is None) or the inverse-CDF sample with u[:, n] (u: (B, max_new_tokens) in [0, 1)),
-    token for token the reference's. Returns (B, T0 + max_new_tokens) int64.
+    token for token the reference's. generation_config and eos as reference.nplm.generate
+    (finished rows feed pad until every row has finished). Returns (B', T0 + n) int64.
     """
     params = checked_params(params, config)
-    if not isinstance(max_new_tokens, (int, numpy.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    N = int(max_new_tokens)
     C = params["C"]
     prompt = check_tokens(prompt, config, name="prompt", device=C.device)
+    run = generation.plan(generation_config, prompt.shape[1], config.vocab_size, max_new_tokens, processors, u,
+                          table=sampling.PROCESSORS).without_beams("fast.nplm")  # fmt: skip
+    N = run.max_new_tokens
+    prompt = prompt.repeat_interleave(run.num_return_sequences, dim=0)
     B, T0 = prompt.shape
     k = config.context
     if u is not None:
@@ -186,7 +190,7 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
             return _logits(params, config, _features(params, config, window[0]), "fused", UW)
 
         logits = _logits(params, config, _features(params, config, window[0]), "fused", UW)  # (B, V)
-        return fast_generation.decode(logits, next_logits, prompt, N, processors=processors, u=u)
+        return fast_generation.decode(logits, next_logits, prompt, N, u=u, **run.decode_kwargs())
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from chainrule.fast import generation as fast_generation
 from chainrule.fast import metrics, sampling
+from chainrule.reference import generation
 from chainrule.fast.backend import checked_tensors, checked_tokens
 from chainrule.reference import rnn as _reference
 from chainrule.reference.rnn import (
@@ -364,20 +365,24 @@ def _packed(flat: list, config: Config) -> list:
     return copies
 
 
-def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, processors=(), u=None) -> torch.Tensor:
+def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = None, *, generation_config=None,
+             processors=(), u=None) -> torch.Tensor:  # fmt: skip
     """Autoregressive generation through the recurrent state (reference.rnn.generate).
 
     prompt: (B, T0) int, T0 >= 1. At each step the last logits (float32 for bfloat16/float32
     params, float64 for float64) pass through `processors`, then the next token is the argmax
     (u is None) or the inverse-CDF sample with u[:, n] (u: (B, max_new_tokens) uniforms in
-    [0, 1), NumPy or torch), token for token the reference's. Returns (B, T0 + N) int64.
+    [0, 1), NumPy or torch), token for token the reference's. generation_config and eos as
+    reference.rnn.generate (finished rows feed pad until every row has finished).
+    Returns (B', T0 + n) int64.
     """
     params = checked_params(params, config)
-    if not isinstance(max_new_tokens, (int, numpy.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    N = int(max_new_tokens)
     wte = params["wte"]
     prompt = check_tokens(prompt, config, name="prompt", device=wte.device)
+    run = generation.plan(generation_config, prompt.shape[1], config.vocab_size, max_new_tokens, processors, u,
+                          table=sampling.PROCESSORS).without_beams("fast.rnn")  # fmt: skip
+    N = run.max_new_tokens
+    prompt = prompt.repeat_interleave(run.num_return_sequences, dim=0)
     B, T0 = prompt.shape
     if u is not None:
         u = sampling.check_uniforms(u, (B, N), wte.device)
@@ -396,7 +401,7 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
             return torch.addmm(head_b, o[:, 0], head_w)  # (B, V)
 
         logits = torch.addmm(head_b, o[:, -1], head_w)  # (B, V)
-        return fast_generation.decode(logits, next_logits, prompt, N, processors=processors, u=u)
+        return fast_generation.decode(logits, next_logits, prompt, N, u=u, **run.decode_kwargs())
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

@@ -408,6 +408,17 @@ class Plan:
     length_penalty: float
     early_stopping: object
 
+    def decode_kwargs(self) -> dict:
+        """The keyword arguments of `decode` (and fast.generation.decode) this plan implies."""
+        return {"processors": self.processors, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
+                "stop_sequences": self.stop_sequences}
+
+    def without_beams(self, where: str) -> "Plan":
+        """self, or ValueError naming generation_config.num_beams for a decoder without beam search."""
+        if self.num_beams > 1:
+            raise ValueError(f"generation_config.num_beams: {where} has no beam search; expected 1, got {self.num_beams}")
+        return self
+
 
 def plan(config: GenerationConfig | None, prompt_length: int, vocab_size: int, max_new_tokens=None,
          processors=(), u=None, table=None) -> Plan:  # fmt: skip

@@ -462,7 +462,8 @@ def step(params: dict, config: Config, cache: dict, tokens_t):
 # ----------------------------------------------------------------------------- generation
 
 
-def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, processors=(), u=None):
+def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = None, *, generation_config=None,
+             processors=(), u=None):  # fmt: skip
     """Autoregressive generation, one token at a time through the recurrent state.
 
     prompt: (B, T0) int, T0 >= 1, fed as it is (prepend config.bos_token yourself to
@@ -470,22 +471,26 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int, *, proce
     through `processors` (callables (B, V) -> (B, V), in order), then the next token is
       - u is None: the argmax (first index on ties)                    -> greedy;
       - u (B, max_new_tokens) uniforms in [0, 1): inverse-CDF sample with u[:, n].
-    Returns (B, T0 + max_new_tokens) int64, the prompt followed by the new tokens.
+    generation_config (reference.generation.GenerationConfig: eos_token_id, min_new_tokens,
+    repetition_penalty, do_sample, top_k, ...; HF's names and order, as reference.gpt.generate)
+    and eos: rows that finish hold pad, the loop stops when all have.
+    Returns (B', T0 + n) int64, the prompt followed by the n <= max_new_tokens new tokens.
     """
     xp = namespace(params)
     check_params(params, config)
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     check_tokens(prompt, config, name="prompt")
-    prompt = xp.asarray(prompt).astype(xp.int64)
+    run = generation.plan(generation_config, prompt.shape[1], config.vocab_size, max_new_tokens, processors, u)
+    run.without_beams("reference.rnn")
+    N = run.max_new_tokens
+    prompt = xp.repeat(xp.asarray(prompt).astype(xp.int64), run.num_return_sequences, axis=0)
     B = prompt.shape[0]
-    u = sampling.check_uniforms(u, (B, max_new_tokens), xp)
-    if max_new_tokens == 0:
+    u = sampling.check_uniforms(u, (B, N), xp)
+    if N == 0:
         return prompt
     logits, cache = prefill(params, config, init_cache(params, config, B), prompt)
     step_fn = functools.partial(step, params, config)  # (cache, tokens (B,)) -> (logits (B, V), new cache)
-    new = generation.decode(logits[:, -1], cache, step_fn, prompt, max_new_tokens, processors=processors, u=u)
-    return xp.concatenate([prompt, new], axis=1)  # (B, T0 + N)
+    new = generation.decode(logits[:, -1], cache, step_fn, prompt, N, u=u, **run.decode_kwargs())
+    return xp.concatenate([prompt, new], axis=1)  # (B, T0 + n)
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int):
