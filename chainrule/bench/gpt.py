@@ -1,7 +1,8 @@
 """Bench topics for GPT.
 
 gpt          greedy decoding of a GPT-2-small-shaped model (124M parameters, random
-             weights, float32; batch 1 and 32, 32-token prompt, 128 new tokens):
+             weights, float32; batch 1 and 32, 32-token prompt, 128 new tokens; and 32
+             left-padded prompts of lengths 8..128 with their attention mask, 32 new tokens):
              fast.gpt.generate vs HF transformers `generate` on the same weights,
              and vs the bandwidth roofline (reference.cost) computed from a
              memory-read bandwidth measured in the same run.
@@ -139,6 +140,7 @@ def bench_gpt(run: Run) -> None:
                 agree = None
             row += [roof, t_fast.rate / roof, None if model is None else t_hf.rate / roof, agree]
             rows.append(row)
+        rows.append(_padded_case(run, config, fast_params, model, rng, quick, bw["bytes_per_s"]))
     run.summary(
         f"tokens/s ({prompt_len}-token prompt, {new} new tokens, greedy, float32; roofline = batch * new tokens"
         f" / (bytes read by the whole generation / {bw['bytes_per_s'] / 1e9:.2f} GB/s measured))",
@@ -149,6 +151,47 @@ def bench_gpt(run: Run) -> None:
     run.record("results", [dict(zip(["batch", "fast_tokens_per_s", "hf_tokens_per_s", "fast_over_hf",
                                     "roofline_tokens_per_s", "fast_fraction_of_roofline",
                                     "hf_fraction_of_roofline", "token_agreement"], r)) for r in rows])  # fmt: skip
+
+
+def _padded_case(run, config, fast_params, model, rng, quick: bool, bandwidth: float) -> list:
+    """The padded-batch case: prompts of lengths 8..128 (quick: 2..8), left padded, greedy, with the
+    attention mask (HF given the same mask derives the same position ids in its generate)."""
+    import torch
+
+    from chainrule.fast import gpt as fgpt
+    from chainrule.reference import cost
+
+    B, (low, high), new = (3, (2, 8), 8) if quick else (32, (8, 128), 32)
+    lengths = numpy.linspace(low, high, B).round().astype(int)
+    prompt = torch.full((B, high), config.bos_token, dtype=torch.int64)
+    mask = torch.zeros((B, high), dtype=torch.int64)
+    for b, n in enumerate(lengths):
+        prompt[b, high - n :] = torch.as_tensor(rng.integers(0, config.vocab_size, n))
+        mask[b, high - n :] = 1
+    case = f"batch {B} left-padded, prompts {low}..{high}"
+    out = {}
+
+    def fast():
+        out["fast"] = fgpt.generate(fast_params, config, prompt, new, attention_mask=mask)
+
+    contenders = [("fast.gpt.generate", fast)]
+    if model is not None:
+
+        def hf():
+            out["hf"] = model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=new,
+                                       min_new_tokens=new)  # fmt: skip
+
+        contenders.append(("HF GPT2LMHeadModel.generate", hf))
+    with torch.inference_mode():
+        timings = run.race(case, contenders, work=B * new, unit="tokens")
+    roof = cost.generate_roofline_tokens_per_s(config, high, new, B, bandwidth, 4)
+    row = [f"{B} padded", timings[0].rate]
+    if model is None:
+        return row + [None, None, roof, timings[0].rate / roof, None, None]
+    agree = float((out["fast"] == out["hf"]).float()[:, high:].mean())
+    run.note(f"{case}: greedy token agreement fast vs HF", agree)
+    return row + [timings[1].rate, timings[0].rate / timings[1].rate, roof, timings[0].rate / roof,
+                  timings[1].rate / roof, agree]
 
 
 @topic("gpt-forward", "GPT teacher-forced logits, small config: reference (NumPy float64) vs fast (torch)")
