@@ -21,7 +21,10 @@ itself) and "chainrule-gpt" (a run of `chainrule train gpt`; the model under tes
     greedy          greedy decoding through the model's cache, token for token against the
                     reference's choice given the same prefix (reference.checks.compare_tokens: in low
                     precision, near-ties closer than the model's logit error are not judged)
-    padding         n/a until padded batches land in the reference
+    padding         each row alone vs inside left-, right- and mixed-padded batches, with the
+                    attention mask (and, for HF models, the position ids HF's generate derives
+                    from it): the logits at real positions must not move beyond the tolerance
+                    table (reference.checks.compare_padding); n/a for a family without padding
 
 A check whose model raises fails with the exception as its detail. Each line fits 100 columns: the
 status, the check, and the worst offender (index, reference value, model value, error and bound).
@@ -93,6 +96,8 @@ class Subject:
     naive_log_prob: Callable | None = None
     naive_description: str = ""
     notes: list[str] = field(default_factory=list)
+    padded_logits: Callable | None = None  # (tokens (B, T), attention_mask (B, T)) -> logits (B, T, V)
+    padded_note: Callable | None = None  # (tokens, mask) -> a remark for the padding line (e.g. a known bug)
 
     @property
     def vocab_size(self) -> int:
@@ -418,7 +423,25 @@ def _first_mismatch(prompt, tokens, ref):
     return b, n, int(got[b, n]), int(want[b, n]), float(top2[1] - top2[0])
 
 
-PADDING_NOTE = "not available until padded batches land in the reference"
+PAD_WIDTH = 3  # pads per row in the padding check
+
+
+def _padding(s: Subject, x: Inputs) -> Result:
+    if s.padded_logits is None:
+        return Result("padding", "n/a", f"the {s.family} family runs no padded batches")
+    T = min(x.tokens.shape[1], s.context - PAD_WIDTH)
+    if T < 1:
+        return Result("padding", "n/a", f"a context of {s.context} leaves no room for {PAD_WIDTH} pads")
+    tokens = x.tokens[:, :T]
+    c = checks.compare_padding(s.padded_logits, tokens, dtype=s.dtype, max_pad=PAD_WIDTH)
+    worst = max(c.worst.values())
+    bound = checks.tolerance(s.dtype).atol
+    detail = f"rows alone vs padded: max err {worst:.2g}"
+    if s.padded_note is not None:
+        detail += "; " + s.padded_note(tokens)
+    result = Result("padding", "pass" if c.passed else "FAIL", detail, worst, bound, rule="the elementwise table rule")
+    result.info["details"] = list(c.details)
+    return result
 
 
 def run_checks(subject: Subject, seed: int = 0, progress: Callable[[Result], None] | None = None) -> list[Result]:
@@ -448,7 +471,7 @@ def run_checks(subject: Subject, seed: int = 0, progress: Callable[[Result], Non
     run("causality", lambda: _causality(subject, x))
     run("kv-cache", lambda: _kv_cache(subject, x, truth))
     run("greedy", lambda: _greedy(subject, x))
-    run("padding", lambda: Result("padding", "n/a", PADDING_NOTE))
+    run("padding", lambda: _padding(subject, x))
     return results
 
 

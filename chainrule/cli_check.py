@@ -3,7 +3,7 @@
     chainrule check PATH [--dtype float32|bfloat16|float16|float64] [--device cpu|cuda]
                          [--family NAME] [--bos-token ID] [--seed S] [--json PATH] [--list]
         check your model against chainrule's float64 reference on the same weights: logits,
-        log-likelihood, exact causality, KV cache = recompute, greedy tokens (padding: n/a).
+        log-likelihood, exact causality, KV cache = recompute, greedy tokens, padding invariance.
         PATH: a HF transformers GPT-2 directory (config.json + model.safetensors) or a run of
         `chainrule train gpt`. Exit status 0: every check passes; 1: one fails; 2: usage or load error.
     chainrule export RUN --to hf DIR [--force]

@@ -197,13 +197,17 @@ def load_hf(path: Path, *, dtype: str | None, device: str, bos_token: int | None
     attn = getattr(model.config, "_attn_implementation", None) or "default"
     description = f"transformers {transformers.__version__} GPT2LMHeadModel ({attn} attention), {_describe(config)}"
     naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
-    return C.Subject("hf-gpt2", description, dtype, device, ref_gpt, params, config,
-                     *_hf_functions(model, config, dtype, device), naive_logits=naive_logits,
-                     naive_log_prob=naive_log_prob, naive_description=naive_text, notes=notes)  # fmt: skip
+    *functions, padded_logits, padded_note = _hf_functions(model, config, dtype, device)
+    return C.Subject("hf-gpt2", description, dtype, device, ref_gpt, params, config, *functions,
+                     naive_logits=naive_logits, naive_log_prob=naive_log_prob, naive_description=naive_text,
+                     notes=notes, padded_logits=padded_logits, padded_note=padded_note)  # fmt: skip
 
 
 def _hf_functions(model, config, dtype: str, device: str):
-    """(logits, log_prob, cached_logits, greedy) of a transformers causal LM (see chainrule.check.Subject)."""
+    """(logits, log_prob, cached_logits, greedy, padded_logits, padded_note) of a transformers causal LM
+    (see chainrule.check.Subject). padded_logits runs the model as HF's generate does: the attention
+    mask and the position ids derived from it; padded_note measures the model's forward given the
+    mask alone (no position_ids), which counts positions over the pads."""
     import inspect
 
     import torch
@@ -248,7 +252,20 @@ def _hf_functions(model, config, dtype: str, device: str):
                 o = model(new[-1][:, None], use_cache=True, **{kv: getattr(o, kv)})
         return torch.cat([t, torch.stack(new, dim=1)], dim=1), torch.stack(steps, dim=1)
 
-    return logits, log_prob, cached_logits, greedy
+    @torch.inference_mode()
+    def padded_logits(tokens, mask, position_ids=True):
+        m = ids(mask)
+        kw = {"position_ids": torch.where(m == 1, m.cumsum(1) - 1, 1)} if position_ids else {}
+        return model(ids(tokens), attention_mask=m, use_cache=False, **kw).logits
+
+    def padded_note(tokens):
+        c = checks.compare_padding(lambda x, m: padded_logits(x, m, position_ids=False), tokens, dtype=dtype,
+                                   max_pad=C.PAD_WIDTH)  # fmt: skip
+        if c.passed:
+            return "without position_ids too"
+        return f"without position_ids: off by {c.worst['left']:.2g}"
+
+    return logits, log_prob, cached_logits, greedy, padded_logits, padded_note
 
 
 # ----------------------------------------------------------------------------- chainrule-gpt
@@ -305,10 +322,15 @@ def load_run(path: Path, *, dtype: str | None, device: str, bos_token: int | Non
         T0 = prompt.shape[1]
         return out, checks.logits_through_cache(fast_gpt, P, config, out[:, :-1], chunks=[T0])[:, T0 - 1 :]
 
+    @torch.no_grad()
+    def padded_logits(tokens, mask):
+        return fast_gpt.forward(P, config, tokens_t(tokens), tokens_t(mask))
+
     description = f"fast.gpt (chainrule run at step {meta['step']}), {_describe(config)}"
     naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
     return C.Subject("chainrule-gpt", description, dtype, device, ref_gpt, params, config, logits, log_prob,
-                     cached_logits, greedy, naive_logits, naive_log_prob, naive_text)  # fmt: skip
+                     cached_logits, greedy, naive_logits, naive_log_prob, naive_text,
+                     padded_logits=padded_logits)  # fmt: skip
 
 
 def export_run_to_hf(path: Path, out: Path) -> list[str]:
