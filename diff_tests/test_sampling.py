@@ -317,3 +317,252 @@ def test_mass_filters_searching_few_candidates_keep_the_same_sets(side, monkeypa
                 want = getattr(ref, name)(seen, **{arg: value})
                 got = side.numpy(getattr(side.sampling, name)(side.array(x), **{arg: value}))
                 assert np.array_equal(got, want), (kind, name, value, np.argwhere(got != want)[:5])
+
+
+# ----------------------------------------------------------------------------- constraints, biases, penalties
+
+
+def _history_cases(V, rng):
+    """(name, kwargs) for every history processor of the constraints, at a step where it acts
+    (t = 12, prompt 5), on histories of ids in [0, 4) (many repeats)."""
+    encoder = rng.integers(0, 4, size=(30, 7))
+    u = rng.normal(0.0, 2.0, size=(30, V))
+    u[:, 2] = -np.inf
+    return [
+        ("no_repeat_ngram", {"n": 1}),
+        ("no_repeat_ngram", {"n": 2}),
+        ("no_repeat_ngram", {"n": 3}),
+        ("encoder_no_repeat_ngram", {"n": 2, "encoder_ids": encoder}),
+        ("encoder_no_repeat_ngram", {"n": 1, "encoder_ids": encoder[0]}),
+        ("bad_words", {"bad_words_ids": [[1], [2, 3], [3, 3, 0], [0, 1, 2, V - 1], [V - 1]], "eos_token_id": V - 1}),
+        ("sequence_bias", {"sequence_bias": {(1,): 0.5, (2, 3): -1.25, (3, 3, 0): 2.0, (3, 0): 0.3}}),
+        ("sequence_bias", {"sequence_bias": [[[0, 0], -0.7], [[V - 1], 3.0]]}),
+        ("frequency_penalty", {"penalty": 0.7}),
+        ("frequency_penalty", {"penalty": -0.4, "prompt_length": 5}),
+        ("presence_penalty", {"penalty": 1.1, "prompt_length": 5}),
+        ("presence_penalty", {"penalty": -0.3}),
+        ("min_length", {"min_length": 13, "eos_token_id": [0, 2]}),
+        ("min_new_tokens", {"prompt_length": 5, "min_new_tokens": 8, "eos_token_id": [1]}),
+        ("forced_eos", {"max_length": 13, "eos_token_id": [1, 3]}),
+        ("exponential_decay_length_penalty",
+         {"start_index": 2, "decay_factor": 1.3, "prompt_length": 5, "eos_token_id": [0, 3]}),  # fmt: skip
+        ("exponential_decay_length_penalty",
+         {"start_index": 0, "decay_factor": 0.7, "prompt_length": 5, "eos_token_id": 1}),  # fmt: skip
+        ("begin_suppress_tokens", {"tokens": [0, 2], "begin_index": 12}),
+        ("guidance", {"scale": 1.5, "unconditional": lambda ids: u}),
+        ("guidance", {"scale": -0.5, "unconditional": lambda ids: u}),
+    ]
+
+
+ADDITIVE = {"sequence_bias", "frequency_penalty", "presence_penalty", "exponential_decay_length_penalty", "guidance"}
+
+
+def _unconditional_on(side, kwargs):
+    """guidance's callable returning the unconditional logits on the side's backend."""
+    if "unconditional" not in kwargs:
+        return kwargs
+    u = kwargs["unconditional"](None)
+    return dict(kwargs, unconditional=lambda ids: side.array(u))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_history_processors_match_the_reference(side, kind):
+    """Every history processor at a step where it acts: bans and forcings exactly (the same
+    -inf entries, the other entries bit for bit); biases, penalties and guidance under the
+    tolerance of the side's dtype, with the same -inf entries."""
+    rng = np.random.default_rng(40 + KINDS.index(kind))
+    V = 11
+    x = _kinds(rng, B=30, V=V)[kind]
+    ids = rng.integers(0, 4, size=(30, 12))
+    seen = _seen(side, x)
+    for name, kwargs in _history_cases(V, rng):
+        want = getattr(ref, name)(seen, ids, **kwargs)
+        got_t = getattr(side.sampling, name)(side.array(x), side.array(ids), **_unconditional_on(side, kwargs))
+        got = side.numpy(got_t)
+        assert got.shape == want.shape
+        assert np.array_equal(np.isneginf(got), np.isneginf(want)), (name, kwargs, np.argwhere(np.isneginf(got) != np.isneginf(want))[:5])
+        if name in ADDITIVE:
+            check(f"{name} {kwargs}", want, got, side)
+        else:
+            assert np.array_equal(got, want), (name, kwargs)
+        if not side.is_cupy:
+            assert got_t.dtype == side.backend.torch_dtype
+        if name not in ("guidance",):  # guidance returns log-probabilities: every entry changes
+            assert not np.array_equal(want, seen) or name == "no_repeat_ngram", f"{name} {kwargs} did nothing"
+
+
+@pytest.mark.parametrize("t", [0, 1, 2, 4, 5, 6])
+def test_step_dependent_processors_at_every_step(side, t):
+    """The processors that act at one step or until one: before, at and after it."""
+    rng = np.random.default_rng(50 + t)
+    x = rng.normal(0.0, 2.0, size=(4, 9))
+    ids = rng.integers(0, 9, size=(4, t))
+    seen = _seen(side, x)
+    cases = [
+        ("forced_bos", {"bos_token_id": 4}), ("forced_eos", {"max_length": 5, "eos_token_id": [2, 6]}),
+        ("min_length", {"min_length": 4, "eos_token_id": 8}),
+        ("min_new_tokens", {"prompt_length": 0, "min_new_tokens": 2, "eos_token_id": [8]}),
+        ("begin_suppress_tokens", {"tokens": [0, 1], "begin_index": 2}),
+        ("exponential_decay_length_penalty",
+         {"start_index": 1, "decay_factor": 2.0, "prompt_length": 0, "eos_token_id": 8}),  # fmt: skip
+        ("no_repeat_ngram", {"n": 2}), ("encoder_no_repeat_ngram", {"n": 3, "encoder_ids": np.arange(9)}),
+    ]  # fmt: skip
+    for name, kwargs in cases:
+        want = getattr(ref, name)(seen, ids, **kwargs)
+        got = side.numpy(getattr(side.sampling, name)(side.array(x), side.array(ids), **kwargs))
+        if name in ADDITIVE:  # in low precision: the float64 result rounded once
+            assert np.array_equal(np.isneginf(got), np.isneginf(want)) and np.array_equal(got[:, :8], want[:, :8])
+            check(f"{name} t={t}", want, got, side)
+        else:
+            assert np.array_equal(got, want), (name, t)
+
+
+def test_history_free_additions_match_the_reference(side):
+    rng = np.random.default_rng(60)
+    x = _kinds(rng, B=30, V=11)["random"]
+    seen = _seen(side, x)
+    for name, kwargs in [("suppress_tokens", {"tokens": [0, 3, 10]}), ("suppress_tokens", {"tokens": []}),
+                         ("suppress_tokens", {"tokens": 4})]:  # fmt: skip
+        assert np.array_equal(side.numpy(getattr(side.sampling, name)(side.array(x), **kwargs)), getattr(ref, name)(seen, **kwargs))
+    for bias in ({0: 2.5, 3: -100.0, 10: 0.1}, {}):
+        check("logit_bias", ref.logit_bias(seen, bias), side.numpy(side.sampling.logit_bias(side.array(x), bias)), side)
+    u = rng.normal(0.0, 2.0, size=x.shape)
+    u[:, 4] = -np.inf
+    for scale in (0.0, 1.0, 1.5, 3.0):
+        want = ref.classifier_free_guidance(seen, _seen(side, u), scale)
+        got = side.numpy(side.sampling.classifier_free_guidance(side.array(x), side.array(u), scale))
+        assert np.array_equal(np.isneginf(got), np.isneginf(want))
+        check(f"classifier_free_guidance {scale}", want, got, side)
+
+
+@pytest.mark.parametrize("shape", [(9,), (2, 3, 9)], ids=str)
+def test_history_processors_on_any_leading_shape(side, shape):
+    """ids (..., t) with the logits' leading shape, or (t,) shared by every row."""
+    rng = np.random.default_rng(70)
+    x = rng.normal(0.0, 2.0, size=shape)
+    seen = _seen(side, x)
+    lead = shape[:-1]
+    for ids in (rng.integers(0, 3, size=lead + (8,)), rng.integers(0, 3, size=(8,))):
+        for name, kwargs in [("no_repeat_ngram", {"n": 2}), ("bad_words", {"bad_words_ids": [[0, 1], [2]]}),
+                             ("frequency_penalty", {"penalty": 0.5})]:  # fmt: skip
+            want = getattr(ref, name)(seen, ids, **kwargs)
+            got = side.numpy(getattr(side.sampling, name)(side.array(x), side.array(ids), **kwargs))
+            assert got.shape == shape
+            check(name, want, got, side)
+            assert np.array_equal(np.isneginf(got), np.isneginf(want))
+
+
+HISTORY_SPEC = {
+    "sequence_bias": {(2, 3): 1.5, (0,): -0.5}, "logit_bias": {5: 1.0}, "repetition_penalty": 1.2,
+    "frequency_penalty": {"penalty": 0.3, "prompt_length": 4}, "presence_penalty": {"penalty": 0.2, "prompt_length": 4},
+    "no_repeat_ngram": 3, "bad_words": [[1, 2], [7]], "min_length": {"min_length": 11, "eos_token_id": 0},
+    "exponential_decay_length_penalty": {"start_index": 3, "decay_factor": 1.2, "prompt_length": 4, "eos_token_id": 0},
+    "suppress_tokens": [9], "temperature": 0.8, "top_k": 8, "top_p": 0.95, "min_p": 0.01,
+}  # fmt: skip
+
+
+def test_apply_with_history_matches_the_reference(side):
+    """The constraints with the warpers in one `apply`, through steps t = 8 .. 12 of a history."""
+    rng = np.random.default_rng(80)
+    x = _kinds(rng, B=40, V=13)["random"]
+    history = rng.integers(0, 4, size=(40, 12))
+    seen = _seen(side, x)
+    for t in range(8, 13):
+        ids = history[:, :t]
+        want = ref.apply(seen, HISTORY_SPEC, ids)
+        got = side.numpy(side.sampling.apply(side.array(x), HISTORY_SPEC, side.array(ids)))
+        if side.dtype == "float64":
+            assert np.array_equal(np.isneginf(got), np.isneginf(want)), t
+            check(f"apply t={t}", want, got, side)
+        else:  # the chain is not continuous: judge the bans, which do not depend on rounding
+            banned = np.isneginf(ref.apply(seen, {k: HISTORY_SPEC[k] for k in ("no_repeat_ngram", "bad_words", "suppress_tokens")}, ids))
+            assert np.isneginf(got)[banned].all()
+
+
+BAD_HISTORY_ARGS = [
+    ("no_repeat_ngram", None, {"n": 0}, "n"),
+    ("no_repeat_ngram", None, {"n": 2.0}, "n"),
+    ("no_repeat_ngram", None, {"n": True}, "n"),
+    ("no_repeat_ngram", [[0, 5, 1], [0, 0, 0]], {"n": 2}, "ids"),
+    ("no_repeat_ngram", [[0, -1, 1], [0, 0, 0]], {"n": 2}, "ids"),
+    ("no_repeat_ngram", [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]], {"n": 2}, "ids"),
+    ("no_repeat_ngram", [[0, 1, 1]] * 3, {"n": 2}, "ids"),
+    ("encoder_no_repeat_ngram", None, {"n": 2, "encoder_ids": np.array([[0, 5]] * 2)}, "encoder_ids"),
+    ("encoder_no_repeat_ngram", None, {"n": 2, "encoder_ids": np.zeros((3, 4), dtype=np.int64)}, "encoder_ids"),
+    ("bad_words", None, {"bad_words_ids": []}, "bad_words_ids"),
+    ("bad_words", None, {"bad_words_ids": [[]]}, "bad_words_ids"),
+    ("bad_words", None, {"bad_words_ids": [[1, 5]]}, "bad_words_ids"),
+    ("bad_words", None, {"bad_words_ids": [1, 2]}, "bad_words_ids"),
+    ("bad_words", None, {"bad_words_ids": [[1.0]]}, "bad_words_ids"),
+    ("bad_words", None, {"bad_words_ids": [[1]], "eos_token_id": 7}, "eos_token_id"),
+    ("bad_words", None, {"bad_words_ids": [[1]], "eos_token_id": []}, "eos_token_id"),
+    ("sequence_bias", None, {"sequence_bias": {}}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": {(1,): float("inf")}}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": {(1,): float("nan")}}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": {(): 1.0}}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": {(6,): 1.0}}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": [[[1], 1.0], [[1], 2.0]]}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": [[[1], 1.0, 2.0]]}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": "abc"}, "sequence_bias"),
+    ("sequence_bias", None, {"sequence_bias": {(0,): 1e308, (1, 0): 1e308}}, "sequence_bias"),
+    ("min_length", None, {"min_length": -1, "eos_token_id": 0}, "min_length"),
+    ("min_length", None, {"min_length": 2, "eos_token_id": 5}, "eos_token_id"),
+    ("min_length", None, {"min_length": 2, "eos_token_id": [0, -1]}, "eos_token_id"),
+    ("min_new_tokens", None, {"prompt_length": 4, "min_new_tokens": 1, "eos_token_id": 0}, "prompt_length"),
+    ("min_new_tokens", None, {"prompt_length": 1, "min_new_tokens": -1, "eos_token_id": 0}, "min_new_tokens"),
+    ("forced_bos", None, {"bos_token_id": 5}, "bos_token_id"),
+    ("forced_bos", None, {"bos_token_id": 1.0}, "bos_token_id"),
+    ("forced_eos", None, {"max_length": 0, "eos_token_id": 0}, "max_length"),
+    ("exponential_decay_length_penalty", None,
+     {"start_index": 0, "decay_factor": 0.0, "prompt_length": 1, "eos_token_id": 0}, "decay_factor"),
+    ("exponential_decay_length_penalty", None,
+     {"start_index": 0, "decay_factor": float("nan"), "prompt_length": 1, "eos_token_id": 0}, "decay_factor"),
+    ("exponential_decay_length_penalty", None,
+     {"start_index": 0, "decay_factor": 1e200, "prompt_length": 1, "eos_token_id": 0}, "decay_factor"),
+    ("exponential_decay_length_penalty", None,
+     {"start_index": -1, "decay_factor": 1.5, "prompt_length": 1, "eos_token_id": 0}, "start_index"),
+    ("exponential_decay_length_penalty", None,
+     {"start_index": 0, "decay_factor": 1.5, "prompt_length": -1, "eos_token_id": 0}, "prompt_length"),
+    ("begin_suppress_tokens", None, {"tokens": [5], "begin_index": 1}, "tokens"),
+    ("begin_suppress_tokens", None, {"tokens": [1], "begin_index": -1}, "begin_index"),
+    ("frequency_penalty", None, {"penalty": float("nan")}, "penalty"),
+    ("frequency_penalty", None, {"penalty": float("inf")}, "penalty"),
+    ("frequency_penalty", None, {"penalty": 0.5, "prompt_length": 9}, "prompt_length"),
+    ("frequency_penalty", None, {"penalty": -1e308}, "penalty"),
+    ("presence_penalty", None, {"penalty": "a"}, "penalty"),
+    ("guidance", None, {"scale": float("nan"), "unconditional": lambda ids: np.zeros((2, 5))}, "scale"),
+    ("guidance", None, {"scale": 2.0, "unconditional": np.zeros((2, 5))}, "unconditional"),
+    ("guidance", None, {"scale": 2.0, "unconditional": lambda ids: np.zeros((2, 4))}, "unconditional_logits"),
+    ("suppress_tokens", False, {"tokens": [5]}, "tokens"),
+    ("suppress_tokens", False, {"tokens": [0.5]}, "tokens"),
+    ("logit_bias", False, {"bias": {5: 1.0}}, "bias"),
+    ("logit_bias", False, {"bias": {0: float("nan")}}, "bias"),
+    ("logit_bias", False, {"bias": [1.0]}, "bias"),
+    ("classifier_free_guidance", False, {"unconditional_logits": np.zeros((2, 4)), "scale": 2.0}, "unconditional_logits"),
+    ("classifier_free_guidance", False, {"unconditional_logits": np.full((2, 5), np.nan), "scale": 2.0}, "unconditional_logits"),
+    ("classifier_free_guidance", False, {"unconditional_logits": np.zeros((2, 5)), "scale": float("inf")}, "scale"),
+]
+
+
+@pytest.mark.parametrize("name,ids,kwargs,arg", BAD_HISTORY_ARGS, ids=[f"{i}-{c[0]}-{c[3]}" for i, c in enumerate(BAD_HISTORY_ARGS)])
+def test_same_errors_for_bad_history_arguments(side, name, ids, kwargs, arg):
+    """The same ValueError, naming the argument, with the same message (but for dtype names)."""
+    x = np.array([[0.0, 1.0, -1.0, 2.0, 0.5], [0.3, 0.0, 0.0, -2.0, 1.0]])
+    args = () if ids is False else (np.array([[0, 1, 1], [2, 2, 4]]) if ids is None else np.array(ids),)
+    with pytest.raises(ValueError, match=f"^{arg}:") as want:
+        getattr(ref, name)(x, *args, **kwargs)
+    side_kwargs = dict(kwargs)
+    for key in ("encoder_ids", "unconditional_logits"):
+        if key in side_kwargs:
+            side_kwargs[key] = side.array(side_kwargs[key])
+    with pytest.raises(ValueError, match=f"^{arg}:") as got:
+        getattr(side.sampling, name)(side.array(x), *(side.array(a) for a in args), **side_kwargs)
+    if "dtype" not in str(want.value):
+        assert str(got.value) == str(want.value)
+    print(f"[{side.name}] {name}: {got.value}")
+
+
+def test_history_processors_need_ids(side):
+    for spec in ({"no_repeat_ngram": 2}, {"min_length": {"min_length": 3, "eos_token_id": 0}}):
+        with pytest.raises(ValueError, match="^ids:"):
+            side.sampling.apply(side.array(np.zeros((2, 5))), spec)

@@ -9,6 +9,12 @@ over any leading shape:
     temperature, top_k, top_p, typical, min_p, epsilon, eta, repetition_penalty,
     keep_* (kept sets), apply, chain: the logits processors, batched without
     per-row loops, with exactly the reference's kept sets (decided in float64)
+    frequency_penalty, presence_penalty, logit_bias, sequence_bias, no_repeat_ngram,
+    encoder_no_repeat_ngram, bad_words, min_length, min_new_tokens, forced_bos,
+    forced_eos, exponential_decay_length_penalty, suppress_tokens,
+    begin_suppress_tokens, classifier_free_guidance, guidance: the reference's
+    constraints, biases and penalties, batched (n-grams and bad words matched with
+    one comparison per length), the same bans exactly, additions in float64
 
 Precision. Whatever the dtype of the logits (bfloat16, float32, float64), the
 probabilities and their cumulative sum are computed in float64, with the
@@ -140,46 +146,6 @@ def inverse_cdf(logits: torch.Tensor, u: torch.Tensor):
     return torch.where(none_above, last_nonzero, first_above), m
 
 
-
-# ----------------------------------------------------------------------------- the decoding loop
-
-
-def decode(logits: torch.Tensor, step, prompt: torch.Tensor, max_new_tokens: int, *, processors=(), u=None):
-    """reference.sampling.decode for the fast models' `generate`, without a host sync per token.
-
-    logits: (B, V) after the prompt (float64 for float64 models; anything else is processed in
-    float32); step(tokens (B,)) -> the next logits (B, V), advancing the model's cache in place;
-    prompt: (B, T0) checked int64 tokens; u: None or (B, N) uniforms already checked
-    (check_uniforms) on the logits' device. The logits are validated once, after the loop (the
-    loop's one host sync): a NaN or all -inf row raises ValueError naming the step.
-    Returns (B, T0 + N) int64: the prompt followed by the new tokens. Call under inference_mode.
-    """
-    B, T0 = prompt.shape
-    V, N = logits.shape[-1], int(max_new_tokens)
-    logits_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    out = torch.empty((B, T0 + N), dtype=torch.int64, device=logits.device)  # (B, T0+N)
-    out[:, :T0] = prompt
-    row_max = torch.empty((N, B), dtype=torch.float64, device=logits.device)  # to validate the logits
-    for n in range(N):
-        logits = logits.to(logits_dtype)
-        for process in processors:
-            logits = process(logits)
-        if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (B, V)):
-            got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
-            raise ValueError(f"processors: expected floating logits of shape {(B, V)}, got {got}")
-        if u is None:
-            m, token = torch.max(logits, dim=-1)  # (B,), (B,): the first index on ties
-        else:
-            token, m = inverse_cdf(logits, u[:, n])
-        row_max[n].copy_(m)
-        out.select(1, T0 + n).copy_(token)
-        if n + 1 < N:
-            logits = step(token)  # (B, V)
-    bad = ~torch.isfinite(row_max).all(dim=1)  # (N,)
-    if bool(bad.any()):  # the one host sync of the loop
-        n = int(bad.nonzero()[0, 0])
-        raise ValueError(f"logits: {row_problem(row_max[n])} (generation step {n}, after processors)")
-    return out
 
 # ----------------------------------------------------------------------------- logits processors
 #
@@ -413,9 +379,332 @@ def repetition_penalty(logits, context, penalty) -> torch.Tensor:
     return torch.where(seen, penalized, logits)
 
 
+# ----------------------------------------------------------------------------- constraints, biases, penalties
+#
+# Twins of reference.sampling's constraints, biases and penalties: the same checks (the
+# reference's own helpers, so the same messages), batched without per-row loops. Bans are
+# masks; n-grams and bad words are matched with one comparison per n-gram / prefix length;
+# additive changes (biases, penalties, the eos decay) are computed in float64 and rounded
+# once to the logits' dtype, so unchanged entries stay bit for bit and a float64 result is
+# the reference's. In a low-precision dtype a result that overflows it to +inf raises too.
+
+_check_int = _ref._check_int
+_check_real = _ref._check_real
+_check_token = _ref._check_token
+_token_ids = _ref._token_ids
+_token_set = _ref._token_set
+_word_list = _ref._word_list
+_sequence_biases = _ref._sequence_biases
+
+
+def _history(logits, ids, name: str = "ids"):
+    """(logits checked, ids as rows (N, t) int64 on the logits' device), as reference.sampling._history:
+    ids (..., t) integer token ids in [0, V) with the logits' leading shape, or (t,) for every row."""
+    logits = _checked(logits)
+    ids = _as_tensor(ids, name)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
+    ids = ids.to(logits.device)
+    lead = tuple(logits.shape[:-1])
+    if ids.ndim == 1:
+        ids = ids.expand(lead + tuple(ids.shape))
+    if ids.ndim == 0 or tuple(ids.shape[:-1]) != lead:
+        raise ValueError(f"{name}: expected shape {lead + ('t',)} or (t,), got {tuple(ids.shape)}")
+    V = logits.shape[-1]
+    outside = (ids < 0) | (ids >= V)
+    if ids.numel() and bool(outside.any()):
+        raise ValueError(f"{name}: expected token ids in [0, {V}), got {int(ids[outside][0])}")
+    N = math.prod(lead)
+    return logits, ids.reshape(N, ids.shape[-1]).to(torch.int64)  # (N, t)
+
+
+def _check_prompt_length(value, t: int) -> int:
+    return _ref._check_prompt_length(value, t)
+
+
+def _token_mask(tokens, V: int, device) -> torch.Tensor:
+    """(V,) bool: True at `tokens`."""
+    mask = torch.zeros(V, dtype=torch.bool, device=device)
+    mask[list(tokens)] = True
+    return mask
+
+
+def _ban(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """-inf where banned ((N, V) or (V,) bool), the logits elsewhere."""
+    if banned.ndim == 2:
+        banned = banned.reshape(logits.shape)
+    return torch.where(banned, -torch.inf, logits)
+
+
+def _scatter_ban(logits: torch.Tensor, match: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """-inf at tokens[r, j] (tokens (N, m) or (m,)) wherever match[r, j] ((N, m) bool)."""
+    N, V = match.shape[0], logits.shape[-1]
+    banned = torch.zeros((N, V + 1), dtype=torch.bool, device=logits.device)  # column V: the unmatched
+    banned.scatter_(1, torch.where(match, tokens, V), True)
+    return _ban(logits, banned[:, :V])
+
+
+def _shifted(logits: torch.Tensor, shift: torch.Tensor, name: str) -> torch.Tensor:
+    """logits + shift ((N, V) or (V,) float64) in float64, rounded once to the logits' dtype;
+    ValueError naming `name` for a non-finite shift or a result of +inf (one host sync)."""
+    out = (logits.reshape(-1, logits.shape[-1]).to(torch.float64) + shift).to(logits.dtype)
+    bad_shift, overflow = torch.stack([~torch.isfinite(shift).all(), (out == torch.inf).any()]).tolist()
+    if bad_shift:
+        raise ValueError(f"{name}: the change to the logits overflows float64")
+    if overflow:
+        raise ValueError(f"{name}: a changed logit overflows to +inf")
+    return out.reshape(logits.shape)
+
+
+def _force(logits: torch.Tensor, tokens) -> torch.Tensor:
+    """Every logit -inf except those of `tokens`, which become 0."""
+    out = torch.full_like(logits, -torch.inf)
+    out[..., list(tokens)] = 0.0
+    return out
+
+
+def _completed(rows: torch.Tensor, sequences: list) -> tuple:
+    """Which sequences each row's ids are about to complete: (match (N, K) bool, last (K,) int64),
+    match[r, j] iff rows[r] ends with sequences[j][:-1]; one comparison per prefix length."""
+    N, t = rows.shape
+    match = torch.zeros((N, len(sequences)), dtype=torch.bool, device=rows.device)
+    by_length: dict = {}
+    for j, s in enumerate(sequences):
+        by_length.setdefault(len(s) - 1, []).append(j)
+    for L, js in by_length.items():
+        if L > t:
+            continue  # the ids are shorter than the prefix
+        prefixes = torch.tensor([sequences[j][:-1] for j in js], dtype=torch.int64, device=rows.device)
+        match[:, js] = (rows[:, None, t - L :] == prefixes.reshape(len(js), L)[None]).all(dim=-1)  # (N, |js|)
+    last = torch.tensor([s[-1] for s in sequences], dtype=torch.int64, device=rows.device)  # (K,)
+    return match, last
+
+
+def no_repeat_ngram(logits, ids, n) -> torch.Tensor:
+    """Ban each token that would complete an n-gram already in the row's ids (reference.sampling.no_repeat_ngram)."""
+    logits, rows = _history(logits, ids)
+    n = _check_count(n, "n")
+    t = rows.shape[1]
+    if t < n:
+        return logits.clone()
+    windows = rows.unfold(1, n, 1)  # (N, t-n+1, n) every n-gram of ids
+    prefix = rows[:, t - n + 1 :]  # (N, n-1) the last n-1 ids
+    match = (windows[..., :-1] == prefix[:, None, :]).all(dim=-1)  # (N, t-n+1)
+    return _scatter_ban(logits, match, windows[..., -1])
+
+
+def encoder_no_repeat_ngram(logits, ids, n, encoder_ids) -> torch.Tensor:
+    """Ban each token that would complete an n-gram of the row's encoder_ids (reference.sampling.encoder_no_repeat_ngram)."""
+    logits, rows = _history(logits, ids)
+    _, source = _history(logits, encoder_ids, "encoder_ids")
+    n = _check_count(n, "n")
+    t, S = rows.shape[1], source.shape[1]
+    if t < n - 1 or S < n:
+        return logits.clone()
+    windows = source.unfold(1, n, 1)  # (N, S-n+1, n) every n-gram of the encoder ids
+    prefix = rows[:, t - n + 1 :]  # (N, n-1)
+    match = (windows[..., :-1] == prefix[:, None, :]).all(dim=-1)  # (N, S-n+1)
+    return _scatter_ban(logits, match, windows[..., -1])
+
+
+def bad_words(logits, ids, bad_words_ids, eos_token_id=None) -> torch.Tensor:
+    """Ban the last token of each bad word whose other tokens end the row's ids (reference.sampling.bad_words)."""
+    logits, rows = _history(logits, ids)
+    V = logits.shape[-1]
+    words = _word_list(bad_words_ids, V, "bad_words_ids")
+    eos = () if eos_token_id is None else _token_set(eos_token_id, V, "eos_token_id")
+    words = [w for w in words if not (len(w) == 1 and w[0] in eos)]
+    if not words:
+        return logits.clone()
+    match, last = _completed(rows, words)
+    return _scatter_ban(logits, match, last.expand(match.shape))
+
+
+def sequence_bias(logits, ids, sequence_bias) -> torch.Tensor:
+    """Add each sequence's bias to its last token when the row's ids end with its other tokens
+    (reference.sampling.sequence_bias); in float64, rounded once to the logits' dtype."""
+    logits, rows = _history(logits, ids)
+    biases = _sequence_biases(sequence_bias, logits.shape[-1])
+    match, last = _completed(rows, [s for s, _ in biases])
+    b = torch.tensor([b for _, b in biases], dtype=torch.float64, device=logits.device)  # (K,)
+    shift = torch.zeros((rows.shape[0], logits.shape[-1]), dtype=torch.float64, device=logits.device)  # (N, V)
+    shift.index_add_(1, last, torch.where(match, b, 0.0))
+    return _shifted(logits, shift, "sequence_bias")
+
+
+def min_length(logits, ids, min_length, eos_token_id) -> torch.Tensor:
+    """eos -> -inf while t < min_length (reference.sampling.min_length)."""
+    logits, rows = _history(logits, ids)
+    min_length = _check_int(min_length, "min_length", 0)
+    eos = _token_set(eos_token_id, logits.shape[-1], "eos_token_id")
+    if rows.shape[1] >= min_length:
+        return logits.clone()
+    return _ban(logits, _token_mask(eos, logits.shape[-1], logits.device))
+
+
+def min_new_tokens(logits, ids, prompt_length, min_new_tokens, eos_token_id) -> torch.Tensor:
+    """eos -> -inf while t - prompt_length < min_new_tokens (reference.sampling.min_new_tokens)."""
+    logits, rows = _history(logits, ids)
+    t = rows.shape[1]
+    prompt_length = _check_prompt_length(prompt_length, t)
+    min_new_tokens = _check_int(min_new_tokens, "min_new_tokens", 0)
+    eos = _token_set(eos_token_id, logits.shape[-1], "eos_token_id")
+    if t - prompt_length >= min_new_tokens:
+        return logits.clone()
+    return _ban(logits, _token_mask(eos, logits.shape[-1], logits.device))
+
+
+def forced_bos(logits, ids, bos_token_id) -> torch.Tensor:
+    """At t = 1: 0 for bos_token_id, -inf elsewhere (reference.sampling.forced_bos)."""
+    logits, rows = _history(logits, ids)
+    bos = _check_token(bos_token_id, logits.shape[-1], "bos_token_id")
+    return _force(logits, (bos,)) if rows.shape[1] == 1 else logits.clone()
+
+
+def forced_eos(logits, ids, max_length, eos_token_id) -> torch.Tensor:
+    """At t = max_length - 1: 0 for the eos ids, -inf elsewhere (reference.sampling.forced_eos)."""
+    logits, rows = _history(logits, ids)
+    max_length = _check_count(max_length, "max_length")
+    eos = _token_set(eos_token_id, logits.shape[-1], "eos_token_id")
+    return _force(logits, eos) if rows.shape[1] == max_length - 1 else logits.clone()
+
+
+def exponential_decay_length_penalty(logits, ids, start_index, decay_factor, prompt_length, eos_token_id) -> torch.Tensor:
+    """x_e + |x_e| (decay_factor^k - 1) for the eos ids, k = t - (prompt_length + start_index) > 0
+    (reference.sampling.exponential_decay_length_penalty)."""
+    logits, rows = _history(logits, ids)
+    t = rows.shape[1]
+    start_index = _check_int(start_index, "start_index", 0)
+    decay_factor = _check_real(decay_factor, "decay_factor", positive=True)
+    prompt_length = _check_prompt_length(prompt_length, t)
+    eos = list(_token_set(eos_token_id, logits.shape[-1], "eos_token_id"))
+    k = t - (prompt_length + start_index)
+    if k <= 0:
+        return logits.clone()
+    try:
+        growth = decay_factor**k - 1.0
+    except OverflowError:
+        raise ValueError(f"decay_factor: decay_factor ** {k} overflows float64") from None
+    x_e = logits.reshape(-1, logits.shape[-1])[:, eos].to(torch.float64)  # (N, E)
+    finite = torch.isfinite(x_e)
+    shift = torch.zeros((rows.shape[0], logits.shape[-1]), dtype=torch.float64, device=logits.device)  # (N, V)
+    shift[:, eos] = torch.where(finite, torch.where(finite, x_e, 0.0).abs() * growth, 0.0)
+    return _shifted(logits, shift, "decay_factor")
+
+
+def suppress_tokens(logits, tokens) -> torch.Tensor:
+    """-inf for every token of `tokens` (reference.sampling.suppress_tokens)."""
+    logits = _checked(logits)
+    banned = _token_set(tokens, logits.shape[-1], "tokens", allow_empty=True)
+    return _ban(logits, _token_mask(banned, logits.shape[-1], logits.device))
+
+
+def begin_suppress_tokens(logits, ids, tokens, begin_index) -> torch.Tensor:
+    """-inf for every token of `tokens` when t = begin_index (reference.sampling.begin_suppress_tokens)."""
+    logits, rows = _history(logits, ids)
+    banned = _token_set(tokens, logits.shape[-1], "tokens", allow_empty=True)
+    begin_index = _check_int(begin_index, "begin_index", 0)
+    if rows.shape[1] != begin_index:
+        return logits.clone()
+    return _ban(logits, _token_mask(banned, logits.shape[-1], logits.device))
+
+
+def _generated_counts(logits, ids, prompt_length):
+    """(logits checked, counts (N, V) float64 of each token in ids[..., prompt_length:])."""
+    logits, rows = _history(logits, ids)
+    prompt_length = _check_prompt_length(prompt_length, rows.shape[1])
+    generated = rows[:, prompt_length:]  # (N, t - prompt_length)
+    counts = torch.zeros((rows.shape[0], logits.shape[-1]), dtype=torch.float64, device=logits.device)
+    counts.scatter_add_(1, generated, torch.ones(generated.shape, dtype=torch.float64, device=logits.device))
+    return logits, counts
+
+
+def frequency_penalty(logits, ids, penalty, prompt_length=0) -> torch.Tensor:
+    """x_v - penalty * count_v over the generated tokens (reference.sampling.frequency_penalty)."""
+    logits, counts = _generated_counts(logits, ids, prompt_length)
+    penalty = _check_real(penalty, "penalty")
+    return _shifted(logits, counts.mul_(-penalty), "penalty")
+
+
+def presence_penalty(logits, ids, penalty, prompt_length=0) -> torch.Tensor:
+    """x_v - penalty * [count_v > 0] over the generated tokens (reference.sampling.presence_penalty)."""
+    logits, counts = _generated_counts(logits, ids, prompt_length)
+    penalty = _check_real(penalty, "penalty")
+    return _shifted(logits, -penalty * (counts > 0).to(torch.float64), "penalty")
+
+
+def logit_bias(logits, bias) -> torch.Tensor:
+    """x_v + bias[v] for the tokens of the dict `bias` (reference.sampling.logit_bias)."""
+    logits = _checked(logits)
+    if not isinstance(bias, dict):
+        raise ValueError(f"bias: expected a dict {{token id: finite number}}, got {type(bias).__name__}")
+    V = logits.shape[-1]
+    pairs = [(_check_token(token, V, "bias"), _check_real(b, "bias")) for token, b in bias.items()]
+    shift = torch.zeros(V, dtype=torch.float64, device=logits.device)  # (V,)
+    if pairs:
+        index = torch.tensor([v for v, _ in pairs], dtype=torch.int64, device=logits.device)
+        shift.index_put_((index,), torch.tensor([b for _, b in pairs], dtype=torch.float64, device=logits.device),
+                         accumulate=True)  # fmt: skip
+    return _shifted(logits, shift, "bias")
+
+
+def _log_softmax64(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.to(torch.float64), dim=-1)
+
+
+def classifier_free_guidance(logits, unconditional_logits, scale) -> torch.Tensor:
+    """u + scale (c - u) with c, u the log_softmax of the two passes, in float64; -inf where
+    either is -inf (reference.sampling.classifier_free_guidance). Returned in the logits' dtype."""
+    logits = _checked(logits)
+    unconditional_logits = _as_tensor(unconditional_logits, "unconditional_logits")
+    check_logits(unconditional_logits, "unconditional_logits")
+    if tuple(unconditional_logits.shape) != tuple(logits.shape):
+        raise ValueError(f"unconditional_logits: expected shape {tuple(logits.shape)}, "
+                         f"got {tuple(unconditional_logits.shape)}")  # fmt: skip
+    scale = _check_real(scale, "scale")
+    c = _log_softmax64(logits)
+    if scale == 1:
+        return c.to(logits.dtype)
+    u = _log_softmax64(unconditional_logits.to(logits.device))
+    both = torch.isfinite(c) & torch.isfinite(u)
+    c0, u0 = torch.where(both, c, 0.0), torch.where(both, u, 0.0)  # no -inf - (-inf)
+    out = torch.where(both, u0 + scale * (c0 - u0), -torch.inf).to(logits.dtype)
+    if bool(((out == torch.inf) | torch.isnan(out)).any()):
+        raise ValueError(f"scale: u + scale * (c - u) overflows for scale = {scale!r}")
+    return out
+
+
+def guidance(logits, ids, scale, unconditional) -> torch.Tensor:
+    """classifier_free_guidance(logits, unconditional(ids), scale); scale = 1 gives log_softmax(logits)
+    without calling `unconditional` (reference.sampling.guidance)."""
+    logits, _ = _history(logits, ids)
+    scale = _check_real(scale, "scale")
+    if not callable(unconditional):
+        raise ValueError(f"unconditional: expected a callable ids -> unconditional logits, "
+                         f"got {type(unconditional).__name__}")  # fmt: skip
+    if scale == 1:
+        return _log_softmax64(logits).to(logits.dtype)
+    return classifier_free_guidance(logits, unconditional(ids), scale)
+
+
 PROCESSORS = {
+    "guidance": guidance,
+    "sequence_bias": sequence_bias,
+    "logit_bias": logit_bias,
     "repetition_penalty": repetition_penalty,
     "static_repetition_penalty": repetition_penalty,
+    "frequency_penalty": frequency_penalty,
+    "presence_penalty": presence_penalty,
+    "no_repeat_ngram": no_repeat_ngram,
+    "encoder_no_repeat_ngram": encoder_no_repeat_ngram,
+    "bad_words": bad_words,
+    "min_length": min_length,
+    "min_new_tokens": min_new_tokens,
+    "forced_bos": forced_bos,
+    "forced_eos": forced_eos,
+    "exponential_decay_length_penalty": exponential_decay_length_penalty,
+    "suppress_tokens": suppress_tokens,
+    "begin_suppress_tokens": begin_suppress_tokens,
     "temperature": temperature,
     "top_k": top_k,
     "top_p": top_p,
@@ -424,6 +713,8 @@ PROCESSORS = {
     "epsilon": epsilon,
     "eta": eta,
 }
+HISTORY = _ref.HISTORY  # the history processors: function(logits, ids, ...)
+assert PROCESSORS.keys() == _ref.PROCESSORS.keys()
 
 
 def chain(processors):

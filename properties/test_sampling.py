@@ -277,3 +277,195 @@ def test_sampling_after_processors_follows_the_processed_distribution(impl, labe
 
     result = sampler_goodness_of_fit(draw, target, 3000, alpha=1e-3)
     assert result.passed, str(result)
+
+
+# ----------------------------------------------------------------------------- constraints, biases, penalties
+
+
+@st.composite
+def histories(draw, max_rows=3, max_v=7, max_t=10):
+    """(logits (B, V) float64 with some -inf entries, ids (B, t) int64 in [0, V), small V: repeats)."""
+    x = draw(logits_rows(max_rows=max_rows, max_v=max_v))
+    B, V = x.shape
+    t = draw(st.integers(0, max_t))
+    ids = draw(hnp.arrays(np.int64, (B, t), elements=st.integers(0, V - 1)))
+    return x, ids
+
+
+def _greedy_loop(processor, prompt, steps, seed, V):
+    """A tiny greedy generation: random logits each step, processor(logits, ids), argmax.
+    Stops early when the processor bans every token. -> the final ids (B, T0 + n)."""
+    rng = np.random.default_rng(seed)
+    ids = prompt
+    for _ in range(steps):
+        x = processor(rng.normal(0.0, 1.0, size=(ids.shape[0], V)), ids)
+        if np.isneginf(x).all(axis=-1).any():
+            break
+        ids = np.concatenate([ids, ref.greedy(x)[:, None]], axis=1)
+    return ids
+
+
+@given(st.integers(1, 4), st.integers(2, 5), st.integers(0, 2**32 - 1), st.integers(0, 4))
+def test_no_repeat_ngram_never_repeats_a_generated_ngram(n, V, seed, T0):
+    """Greedy decoding through no_repeat_ngram: no n-gram ending at a generated token occurs
+    earlier in the row (prompt included); fast decodes the same tokens."""
+    prompt = np.random.default_rng(seed).integers(0, V, size=(3, T0))
+    ids = _greedy_loop(lambda x, ids: ref.no_repeat_ngram(x, ids, n), prompt, 12, seed, V)
+    for row in ids.tolist():
+        grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+        for end in range(max(T0, n - 1), len(row)):
+            g = tuple(row[end - n + 1 : end + 1])
+            assert g not in grams[: end - n + 1], (row, end, g)
+    fast_ids = _greedy_loop(lambda x, ids: fast.no_repeat_ngram(torch.from_numpy(x), torch.from_numpy(ids), n).numpy(),
+                            prompt, 12, seed, V)  # fmt: skip
+    assert np.array_equal(fast_ids, ids)
+
+
+@given(st.integers(2, 6), st.integers(0, 2**32 - 1), st.data())
+def test_bad_words_are_never_completed_by_generated_tokens(V, seed, data):
+    words = data.draw(st.lists(st.lists(st.integers(0, V - 1), min_size=1, max_size=3), min_size=1, max_size=4))
+    prompt = np.random.default_rng(seed).integers(0, V, size=(3, 2))
+    ids = _greedy_loop(lambda x, ids: ref.bad_words(x, ids, words), prompt, 10, seed, V)
+    for row in ids.tolist():
+        for end in range(2, len(row)):  # each generated token
+            for w in words:
+                assert len(w) > end + 1 or tuple(row[end - len(w) + 1 : end + 1]) != tuple(w), (row, end, w)
+
+
+@given(histories(), st.floats(-3.0, 3.0), st.integers(0, 10))
+def test_frequency_and_presence_penalties_are_the_counting_loop(xi, penalty, prompt_length):
+    x, ids = xi
+    prompt_length = min(prompt_length, ids.shape[1])
+    want_f, want_p = x.copy(), x.copy()
+    for b in range(x.shape[0]):
+        for v in range(x.shape[1]):
+            count = sum(1 for s in range(prompt_length, ids.shape[1]) if ids[b, s] == v)
+            want_f[b, v] = x[b, v] - penalty * count
+            want_p[b, v] = x[b, v] - penalty * (1 if count else 0)
+    assert np.array_equal(ref.frequency_penalty(x, ids, penalty, prompt_length), want_f)
+    assert np.array_equal(ref.presence_penalty(x, ids, penalty, prompt_length), want_p)
+    xt, it = torch.from_numpy(x), torch.from_numpy(ids)
+    assert np.array_equal(fast.frequency_penalty(xt, it, penalty, prompt_length).numpy(), want_f)
+    assert np.array_equal(fast.presence_penalty(xt, it, penalty, prompt_length).numpy(), want_p)
+
+
+def _history_specs(V, ids):
+    t = ids.shape[1]
+    unconditional = np.linspace(-1.0, 1.0, V)
+    return {
+        "no_repeat_ngram": {"n": 2},
+        "encoder_no_repeat_ngram": {"n": 2, "encoder_ids": np.arange(V)[::-1].copy()},
+        "bad_words": {"bad_words_ids": [[0], [1, 2], [2, 2, 0]]},
+        "sequence_bias": {"sequence_bias": {(1,): 0.5, (0, 1): -1.5, (2, 2, 2): 2.0}},
+        "repetition_penalty": {"penalty": 1.3},
+        "frequency_penalty": {"penalty": 0.4, "prompt_length": t // 2},
+        "presence_penalty": {"penalty": -0.6},
+        "min_length": {"min_length": 4, "eos_token_id": 0},
+        "min_new_tokens": {"prompt_length": t // 2, "min_new_tokens": 3, "eos_token_id": [0, 1]},
+        "forced_bos": {"bos_token_id": V - 1},
+        "forced_eos": {"max_length": 5, "eos_token_id": 0},
+        "exponential_decay_length_penalty": {"start_index": 1, "decay_factor": 1.5, "prompt_length": t // 2, "eos_token_id": 0},
+        "begin_suppress_tokens": {"tokens": [0, 1], "begin_index": 3},
+        "guidance": {"scale": 1.7, "unconditional": lambda ids: np.broadcast_to(unconditional, ids.shape[:1] + (V,)).copy()},
+    }  # fmt: skip
+
+
+@given(histories(max_v=6))
+def test_history_processors_are_functions_of_the_logits_and_ids(xi):
+    """For every history processor: pure (inputs untouched, equal inputs give equal outputs),
+    no state kept between calls (a call on other ids changes nothing after), and row by row
+    (row b of the output depends on row b of the logits and of ids only); fast agrees."""
+    x, ids = xi
+    V = x.shape[1]
+    if V < 3:
+        return
+    other = (ids + 1) % V
+    specs = _history_specs(V, ids)
+    assert set(specs) == set(ref.HISTORY)
+    for name, kwargs in specs.items():
+        (process,) = ref.chain({name: kwargs})
+        first = assert_pure(process, x, ids)
+        process(x, other)
+        assert np.array_equal(process(x.copy(), ids.copy()), first), name
+        for b in range(x.shape[0]):
+            assert np.array_equal(getattr(ref, name)(x[b : b + 1], ids[b : b + 1], **kwargs), first[b : b + 1]), (name, b)
+        (fast_process,) = fast.chain({name: kwargs})
+        got = fast_process(torch.from_numpy(x), torch.from_numpy(ids))
+        got = got.numpy() if isinstance(got, torch.Tensor) else got
+        assert np.array_equal(np.isneginf(got), np.isneginf(first)), name
+        np.testing.assert_allclose(np.where(np.isfinite(first), got, 0), np.where(np.isfinite(first), first, 0),
+                                   rtol=1e-12, atol=1e-12)  # fmt: skip
+
+
+@given(logits_rows(), st.integers(0, 4), st.data())
+def test_forced_bos_and_eos_leave_exactly_one_finite_entry_at_their_step(x, before, data):
+    B, V = x.shape
+    bos = data.draw(st.integers(0, V - 1))
+    for t in range(0, 4):
+        ids = np.zeros((B, t), dtype=np.int64)
+        out = ref.forced_bos(x, ids, bos)
+        assert np.array_equal(fast.forced_bos(torch.from_numpy(x), torch.from_numpy(ids), bos).numpy(), out)
+        if t == 1:
+            assert (np.isfinite(out).sum(axis=-1) == 1).all() and (out[:, bos] == 0).all()
+            assert np.array_equal(ref.greedy(out), np.full(B, bos))
+        else:
+            assert np.array_equal(out, x)
+        max_length = before + 1
+        out = ref.forced_eos(x, ids, max_length, bos)
+        if t == max_length - 1:
+            assert (np.isfinite(out).sum(axis=-1) == 1).all() and (out[:, bos] == 0).all()
+        else:
+            assert np.array_equal(out, x)
+        assert np.array_equal(fast.forced_eos(torch.from_numpy(x), torch.from_numpy(ids), max_length, bos).numpy(), out)
+
+
+@given(logits_rows(), logits_rows(), st.floats(-2.0, 4.0))
+def test_classifier_free_guidance_is_the_weighted_geometric_mean(a, b, scale):
+    """exp(out) is proportional to p_c^scale p_u^(1 - scale) on the tokens both passes allow
+    (0 elsewhere); scale = 1 gives log p_c."""
+    B, V = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    c, u = a[:B, :V], b[:B, :V]
+    if not (np.isfinite(c) & np.isfinite(u)).any(axis=-1).all():
+        return  # some row shares no token: covered by the -inf rule alone
+    out = ref.classifier_free_guidance(c, u, scale)
+    assert not np.isnan(out).any() and not (out == np.inf).any()
+    if scale == 1:
+        assert np.array_equal(out, ref.nn.log_softmax(c))
+        return
+    both = np.isfinite(c) & np.isfinite(u)
+    assert np.array_equal(np.isfinite(out), both)
+    pc, pu = ref.probs(c), ref.probs(u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = scale * np.log(pc) + (1 - scale) * np.log(pu)  # log(p_c^scale p_u^(1 - scale))
+    np.testing.assert_allclose(out[both], want[both], rtol=1e-9, atol=1e-9 * (1 + np.abs(want[both]).max()))
+
+
+@given(histories(), st.dictionaries(st.integers(0, 6), st.floats(-5, 5), max_size=4))
+def test_logit_bias_is_single_token_sequence_bias(xi, bias):
+    x, ids = xi
+    bias = {k: v for k, v in bias.items() if k < x.shape[1]}
+    out = ref.logit_bias(x, bias)
+    assert np.array_equal(out, x + np.array([bias.get(v, 0.0) for v in range(x.shape[1])]))
+    if bias:
+        assert np.array_equal(ref.sequence_bias(x, ids, {(k,): v for k, v in bias.items()}), out)
+    assert np.array_equal(fast.logit_bias(torch.from_numpy(x), bias).numpy(), out)
+
+
+def test_spec_bare_values_and_settings():
+    """A bare value is the processor's one main setting; processors with several required
+    settings, unknown settings and missing ones are refused, naming `processors`."""
+    x = np.zeros((1, 6))
+    ids = np.array([[1, 2, 1]])
+    assert [(p.name, p.kwargs) for p in ref.chain({"no_repeat_ngram": 2, "logit_bias": {3: 1.0},
+                                                   "sequence_bias": {(1, 2): -1.0}, "bad_words": [[4]]})] == [
+        ("sequence_bias", {"sequence_bias": {(1, 2): -1.0}}), ("logit_bias", {"bias": {3: 1.0}}),
+        ("no_repeat_ngram", {"n": 2}), ("bad_words", {"bad_words_ids": [[4]]})]  # fmt: skip
+    assert np.isneginf(ref.apply(x, {"no_repeat_ngram": 2}, ids)).tolist() == [[False, False, True, False, False, False]]
+    for bad in ({"min_length": 3}, {"guidance": 2.0}, {"top_k": {"kk": 3}},
+                {"min_new_tokens": {"min_new_tokens": 2, "eos_token_id": 0}}):  # fmt: skip
+        try:
+            ref.chain(bad)
+        except ValueError as e:
+            assert str(e).startswith("processors:"), e
+        else:
+            raise AssertionError(f"accepted {bad}")
