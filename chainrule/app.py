@@ -261,16 +261,36 @@ def check_device(device: str):
     return dev
 
 
+# Generation settings `chainrule sample --processors` takes besides the processors' own names.
+SAMPLE_SETTINGS = ("eos_token_id", "pad_token_id", "min_new_tokens", "min_length", "no_repeat_ngram_size",
+                   "bad_words_ids", "sequence_bias", "suppress_tokens", "begin_suppress_tokens",
+                   "exponential_decay_length_penalty", "stop_sequences", "frequency_penalty", "presence_penalty",
+                   "logit_bias", "typical_p", "epsilon_cutoff", "eta_cutoff")  # fmt: skip
+
+
 def parse_processors(pairs) -> dict:
-    """["temperature=0.8", "top_k=40"] -> {"temperature": 0.8, "top_k": 40} (fast.sampling.chain's spec).
-    repetition_penalty is refused: it reads the tokens generated so far, which a command-line
-    processor (a function of the logits alone) does not see."""
+    """["temperature=0.8", "repetition_penalty=1.2", "eos_token_id=10"] -> {name: value}.
+
+    A name is a logits processor of fast.sampling.chain (temperature, top_k, top_p, min_p, typical,
+    epsilon, eta, repetition_penalty, no_repeat_ngram, frequency_penalty, ...: its first parameter
+    as the value) or a generation setting of SAMPLE_SETTINGS (GenerationConfig's HF names:
+    eos_token_id, min_new_tokens, no_repeat_ngram_size, bad_words_ids, ...). ValueError naming
+    --processors for any other name."""
+    from chainrule.reference import sampling
+
     out = {k: parse_value(v) for k, v in parse_pairs(pairs, "--processors").items()}
-    if "repetition_penalty" in out:
-        raise ValueError("--processors: repetition_penalty needs the generated context and is not offered here; "
-                         "expected processors of the logits alone (temperature, top_k, top_p, min_p, typical, "
-                         "epsilon, eta)")  # fmt: skip
+    for name in out:
+        if name not in sampling.PROCESSORS and name not in SAMPLE_SETTINGS:
+            raise ValueError(f"--processors: unknown name {name!r}; expected a processor "
+                             f"({', '.join(sampling.PROCESSORS)}) or a generation setting "
+                             f"({', '.join(SAMPLE_SETTINGS)})")  # fmt: skip
     return out
+
+
+def _until_eos(row: np.ndarray, eos: tuple) -> np.ndarray:
+    """row up to and including its first eos token (all of it without one)."""
+    hits = np.flatnonzero(np.isin(row, eos)) if eos else ()
+    return row[: hits[0] + 1] if len(hits) else row
 
 
 def sample_run(run_dir, n: int = 4, *, processors=None, seed: int = 0, length: int | None = None,
@@ -293,7 +313,9 @@ def sample_run(run_dir, n: int = 4, *, processors=None, seed: int = 0, length: i
                        processors=processors)  # fmt: skip
     out = {"kind": run["kind"], "samples": x, "data": run["data"], "levels": cdata.info(run["data"])[1]}
     if run["kind"] == "text":
-        out["text"] = [bytes(row.astype(np.uint8)).decode("utf-8", errors="replace") for row in x]
+        eos = (processors or {}).get("eos_token_id")
+        eos = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
+        out["text"] = [bytes(_until_eos(row, eos).astype(np.uint8)).decode("utf-8", errors="replace") for row in x]
     return out
 
 

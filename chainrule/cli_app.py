@@ -45,7 +45,8 @@ def add_app_commands(subparsers) -> None:
     s.add_argument("dir", metavar="DIR", help="a run directory written by chainrule train")
     s.add_argument("--n", type=int, default=None, help="number of samples (default 4 sequences, 16 images)")
     s.add_argument("--processors", nargs="+", action="extend", metavar="NAME=VALUE", default=[],
-                   help="logits processors for sequence models, e.g. temperature=0.8 top_k=40 top_p=0.95")
+                   help="logits processors and generation settings for sequence models, e.g. temperature=0.8 "
+                        "top_k=40 top_p=0.95 repetition_penalty=1.2 no_repeat_ngram=3 eos_token_id=10")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     s.add_argument("--length", type=int, help="tokens per sequence (default: the run's window length)")
     s.add_argument("--out", metavar="PATH", help="output file (text: default stdout; PNG/WAV: DIR/samples.*)")

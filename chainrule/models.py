@@ -265,8 +265,10 @@ def metric(dataset_kind: str) -> str:
 def sample(model: Model, params: dict, config, rng: np.random.Generator, n: int, *, length: int,
            processors=None) -> np.ndarray:  # fmt: skip
     """n samples -> int64 NumPy array: sequences (n, length) (the bos token not included), images
-    (n, C, H, W). Sequence models: ancestral sampling from bos with the fast module's `sample`, the
-    logits through `processors` ({name: value or kwargs}, fast.sampling.chain); image models draw
+    (n, C, H, W). Sequence models: ancestral sampling from bos with the fast module's `generate`, the
+    logits through `processors` ({name: value or kwargs}: fast.sampling.chain's names, and generation
+    settings such as eos_token_id or min_new_tokens, GenerationConfig's names; a row that ends at eos
+    holds pad after it); image models draw
     every entry from its exact conditional (processors are not defined for them)."""
     import torch
 
@@ -281,7 +283,14 @@ def sample(model: Model, params: dict, config, rng: np.random.Generator, n: int,
         return fast.sample(params, config, rng, n, **cond).cpu().numpy()
     if hasattr(config, "block_size") and length > config.block_size:
         raise ValueError(f"length: expected at most block_size={config.block_size}, got {length}")
-    chain = fsampling.chain(processors or {})
+    from chainrule.reference.generation import GenerationConfig
+
+    spec = dict(processors or {})
+    settings = {k: spec.pop(k) for k in list(spec) if k not in fsampling.PROCESSORS}
+    chain = fsampling.chain(spec)
+    generation = GenerationConfig(max_new_tokens=length, do_sample=True, top_k=None, **settings)
     prompt = torch.full((n, 1), config.bos_token, dtype=torch.int64)
-    out = fast.sample(params, config, rng, prompt, length, processors=chain)
-    return out[:, 1:].cpu().numpy()
+    u = rng.random((n, length))  # as fast.<model>.sample draws them
+    out = fast.generate(params, config, prompt, generation_config=generation, processors=chain, u=u)[:, 1:]
+    pad = out.new_full((n, length - out.shape[1]), generation.pad_token_id or 0)  # rows all ended early
+    return torch.cat([out, pad], dim=1).cpu().numpy()

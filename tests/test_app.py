@@ -57,6 +57,14 @@ def test_train_then_sample_text_through_the_command(tmp_path):
     assert s.stdout.count("--- sample ") == 3
     again = app.sample_run(run, 3, processors={"temperature": 0.7, "top_k": 20}, seed=4)["text"]
     assert s.stdout == "".join(f"--- sample {i + 1} ---\n{t}\n" for i, t in enumerate(again))  # seeded
+    # history processors and end of sequence by name: each sample stops at its first space (byte 32),
+    # made likely by a logit bias; the rest of the row is pad, not printed
+    settings = ["repetition_penalty=1.3", "no_repeat_ngram=2", "eos_token_id=32", "logit_bias={32: 4.0}"]
+    e = chainrule("sample", str(run), "--n", "6", "--processors", *settings, "--length", "12")
+    assert e.returncode == 0, e.stderr
+    assert e.stdout.count("--- sample ") == 6
+    texts = app.sample_run(run, 6, processors=app.parse_processors(settings), length=12)["text"]
+    assert all(" " not in t[:-1] for t in texts) and sum(t.endswith(" ") for t in texts) >= 3, texts
 
 
 def test_demo_quick_through_the_command(tmp_path):
@@ -351,8 +359,10 @@ def test_settings_are_parsed_by_field_type():
     assert isinstance(model_settings["layer_norm_eps"], float) and isinstance(train_settings["lr"], float)
     assert app.parse_value("gated") == "gated" and app.parse_value("true") is True
     assert app.parse_processors(["temperature=0.5", "top_p=0.9"]) == {"temperature": 0.5, "top_p": 0.9}
-    with pytest.raises(ValueError, match="repetition_penalty needs the generated context"):
-        app.parse_processors(["repetition_penalty=1.2"])
+    assert app.parse_processors(["repetition_penalty=1.2", "eos_token_id=10,13"]) == {
+        "repetition_penalty": 1.2, "eos_token_id": (10, 13)}
+    with pytest.raises(ValueError, match="^--processors: unknown name 'top_q'"):
+        app.parse_processors(["top_q=0.5"])
     with pytest.raises(ValueError, match="'top_k' given twice"):
         app.parse_pairs(["top_k=1", "top_k=2"], "--processors")
     cfg = app.train_config({}, 200)
