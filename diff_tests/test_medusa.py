@@ -284,3 +284,47 @@ def test_cpu_inference_kernels(side, cpu_kernels):
     print(assert_tokens(f"[{side.name}] Medusa greedy tokens (CPU kernels)", prompt, side.numpy(out),
                         lambda x: ref_gpt.forward(params, base, x), side.dtype, fast=fast,
                         max_new_tokens=NEW))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- end of sequence
+
+
+def _cut(tokens, eos, pad):
+    """Rows cut after their first new eos, padded to the longest (the end-of-sequence rule)."""
+    rows = []
+    for row in tokens:
+        ends = [t for t in range(T0, row.shape[0]) if int(row[t]) in eos]
+        rows.append(row[: ends[0] + 1] if ends else row)
+    out = np.full((len(rows), max(len(r) for r in rows)), pad, dtype=np.int64)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return out
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("mode", ["greedy", "typical"])
+def test_eos_tokens(side, name, mode):
+    """eos = a token of each row's reference output (rows end early, at different steps). float64:
+    the reference's tokens and accept lengths; every backend: its own output without eos cut at
+    the first eos and padded (the same tree forwards, fewer of them), accept lengths a prefix."""
+    if mode == "typical" and side.low_precision:
+        pytest.skip("typical acceptance is compared token for token in float64 only (see test_typical_tokens)")
+    base, config, params, heads, choices, prompt, _ = case(name)
+    kw = dict(mode="typical", epsilon=0.2, temperature=0.8) if mode == "typical" else {}
+    full, _ = medusa.generate(params, base, heads, config, prompt, NEW, choices, **kw)
+    eos, pad = [int(full[0, T0 + 5]), int(full[1, T0 + 11])], 2
+    want, want_a = medusa.generate(params, base, heads, config, prompt, NEW, choices, eos_token_id=eos,
+                                   pad_token_id=pad, **kw)  # fmt: skip
+    np.testing.assert_array_equal(want, _cut(full, eos, pad))
+    assert want.shape[1] < T0 + NEW or (want[:, -1] == pad).any(), "no row ended early: the case proves little"
+    impl = Impl(side, params, heads)
+    got_full, got_full_a = impl.m.generate(impl.P, base, impl.H, config, side.array(prompt), NEW, choices, **kw)
+    got, got_a = impl.m.generate(impl.P, base, impl.H, config, side.array(prompt), NEW, choices, eos_token_id=eos,
+                                 pad_token_id=pad, **kw)  # fmt: skip
+    np.testing.assert_array_equal(side.numpy(got), _cut(side.numpy(got_full), eos, pad))
+    for a, full_a in zip(got_a, got_full_a):
+        np.testing.assert_array_equal(a, full_a[: len(a)])
+    if not side.low_precision:
+        np.testing.assert_array_equal(side.numpy(got), want)
+        for a, b in zip(want_a, got_a):
+            np.testing.assert_array_equal(a, b)

@@ -186,3 +186,51 @@ def test_step_logits(side, name):
 
         naive = naive_float32(lambda p: _reference_step(p, config, prefix, levels, cands), params)
     check("lookahead step logits (3 levels x 5 columns, 3 candidates)", truth, got, side, naive=naive)
+
+
+# ----------------------------------------------------------------------------- end of sequence
+
+
+def _cut(tokens, eos):
+    row = np.asarray(tokens)[0]
+    ends = [t for t in range(T0, row.shape[0]) if int(row[t]) in eos]
+    return row[None, : ends[0] + 1] if ends else row[None]
+
+
+@pytest.mark.parametrize("method", ["jacobi m=3", "lookahead greedy", "lookahead sampling"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_eos(side, name, method):
+    """eos = two tokens of the reference's output past its start: every backend's output is its own
+    output without eos cut at the first new eos, with the same steps as far as they go; float64:
+    the reference's tokens and steps."""
+    scale = 2.0 if method == "lookahead sampling" else 0.5
+    config, params, prompt, n = case(name, scale)
+    kw = {"jacobi m=3": dict(m=3, rng=np.random.default_rng(3)), "lookahead greedy": dict(LOOKAHEAD[1]),
+          "lookahead sampling": dict(LOOKAHEAD[1], u=np.random.default_rng(5).random((1, n, 3)))}[method]  # fmt: skip
+    if method == "lookahead sampling" and side.low_precision:
+        kw = dict(kw, candidates=0, u=kw["u"][:, :, :1])  # as test_lookahead_sampling
+
+    def run(module, P, p, **extra):
+        fresh = dict(kw, **extra)
+        if "rng" in fresh:
+            fresh["rng"] = np.random.default_rng(3)
+        if method.startswith("jacobi"):
+            m = fresh.pop("m")
+            return module.jacobi_decode(P, config, p, n, m, **fresh)
+        return module.lookahead_decode(P, config, p, n, **fresh)
+
+    full, _ = run(pd, params, prompt)
+    eos = [int(full[0, T0 + 9]), int(full[0, T0 + 17])]
+    want, want_stats = run(pd, params, prompt, eos_token_id=eos)
+    np.testing.assert_array_equal(want, _cut(full, eos))
+    assert want.shape[1] < T0 + n, "the case must end early"
+    P = side.params(params)
+    got_full, got_full_stats = run(_impl(side), P, side.array(prompt))
+    got, stats = run(_impl(side), P, side.array(prompt), eos_token_id=eos)
+    got, got_full = side.numpy(got), side.numpy(got_full)
+    np.testing.assert_array_equal(got, _cut(got_full, eos))
+    steps = len(stats.tokens_per_step)
+    assert stats.tokens_per_step[:-1] == got_full_stats.tokens_per_step[: steps - 1]
+    if not side.low_precision:
+        np.testing.assert_array_equal(got, want)
+        assert stats == want_stats

@@ -107,3 +107,40 @@ def test_batch_rows_are_independent(side):
     for b in range(B):
         alone, _ = fast_spec.generate(T, D, side.array(prompt[b : b + 1]), k, N, u=u[b : b + 1])
         assert (side.numpy(alone)[0] == side.numpy(together)[b]).all(), f"row {b}"
+
+
+@pytest.mark.parametrize("draft_kind, k, processors", [("perturbed", 3, "none"),
+                                                       ("small", 2, "temperature 0.7 + top_k 5")])  # fmt: skip
+def test_eos_fast_equals_reference(side, draft_kind, k, processors):
+    """End of sequence: two eos ids taken from the reference's own tokens (so rows end early, at
+    different steps); each fast row is the reference's row (ending at its first eos) then pad,
+    the acceptance counts are the reference's then -1, and the output is as wide as the longest row."""
+    if side.dtype == "bfloat16":
+        pytest.skip("bfloat16 logits move acceptance decisions (see above)")
+    target, draft, prompt, u, (truth_tokens, _) = _case(draft_kind, k, processors)
+    eos, pad = [int(truth_tokens[0, T0 + 4]), int(truth_tokens[1, T0 + 8])], 11
+    chain = ref_sampling.chain(PROCESSORS[processors])
+    t_model = ref_spec.gpt_model(target, TARGET, chain)
+    d_model = ref_spec.gpt_model(draft[0], draft[1], chain)
+    want = [ref_spec.generate(t_model, d_model, prompt[b], k, N, u=u[b], eos_token_id=eos) for b in range(B)]
+    lengths = [w[0].shape[0] for w in want]
+    assert min(lengths) < T0 + N and len(set(lengths)) > 1, f"rows must end early, at different steps: {lengths}"
+    if side.is_cupy:
+        chain = ref_sampling.chain(PROCESSORS[processors])
+        t_c = ref_spec.gpt_model(side.params(target), TARGET, chain)
+        d_c = ref_spec.gpt_model(side.params(draft[0]), draft[1], chain)
+        for b in range(B):
+            got, acc = ref_spec.generate(t_c, d_c, side.array(prompt[b]), k, N, u=side.array(u[b], "float64"),
+                                         eos_token_id=eos)  # fmt: skip
+            assert side.numpy(got).tolist() == want[b][0].tolist() and side.numpy(acc).tolist() == want[b][1].tolist()
+        return
+    out, acc = fast_spec.generate((side.params(target), TARGET), (side.params(draft[0]), draft[1]), side.array(prompt),
+                                  k, N, u=u, processors=fast_sampling.chain(PROCESSORS[processors]), eos_token_id=eos,
+                                  pad_token_id=pad)  # fmt: skip
+    tokens, acc = side.numpy(out), side.numpy(acc)
+    assert tokens.shape == (B, max(lengths)), tokens.shape
+    assert acc.shape[1] == max(len(w[1]) for w in want)
+    for b, (row, row_acc) in enumerate(want):
+        assert tokens[b, : len(row)].tolist() == row.tolist(), f"[{side.name}] row {b}:\n{tokens[b]}\nvs\n{row}"
+        assert (tokens[b, len(row) :] == pad).all(), f"[{side.name}] row {b} is not padded after its end"
+        assert acc[b, : len(row_acc)].tolist() == row_acc.tolist() and (acc[b, len(row_acc) :] == -1).all()

@@ -15,6 +15,9 @@ numbers are computed fast:
 - verification is vectorized over all paths (one host sync per step, for the accept length);
 - generation runs under `torch.inference_mode()`; tree buffers are moved to the device once
   per depth the tree is cut to.
+- end of sequence (reference.medusa: the rule): the first eos on the accepted path is found
+  on the device and travels in the step's one host sync with the accept length; a row that
+  emitted an eos stops there (no more tree forwards), and the next row starts.
 - `train_heads`: Medusa-1 training of the heads on the frozen base with fast.train's loop
   (AdamW, warmup + cosine, clipping, checkpoints); the base's hidden states are computed
   without gradient.
@@ -34,6 +37,7 @@ from chainrule.fast import train as fast_train
 from chainrule.fast.backend import to_torch
 from chainrule.reference import medusa as _reference
 from chainrule.reference.gpt import Config as GPTConfig
+from chainrule.reference.speculative import check_eos
 from chainrule.reference.medusa import (
     DEFAULT_EPSILON, LOSS_DECAY, MC_SIM_7B_63, MODES, Config, check_base, check_choices, init, loss_weights,
     param_shapes, prune, random_params, tree_buffers,
@@ -351,13 +355,14 @@ def verify(tree_logits: torch.Tensor, tree_tokens, buffers: dict, mode: str = "g
 
 def generate(params: dict, base_config: GPTConfig, heads: dict, config: Config, prompt, max_new_tokens: int,
              choices, *, mode: str = "greedy", epsilon: float = DEFAULT_EPSILON, delta: float | None = None,
-             temperature: float = 1.0):  # fmt: skip
-    """Medusa decoding (reference.medusa.generate) -> (tokens (B, T0 + N) int64 on the params'
+             temperature: float = 1.0, eos_token_id=None, pad_token_id=None):  # fmt: skip
+    """Medusa decoding (reference.medusa.generate) -> (tokens (B, T0 + n) int64 on the params'
     device, per row an int64 NumPy array of the accept length of each tree forward).
 
     Rows are decoded one after the other, each with its own preallocated cache. Greedy mode
     gives fast.gpt.greedy's tokens (the argmax of the same logits, up to the rounding of a
-    different attention order in low precision)."""
+    different attention order in low precision). eos_token_id, pad_token_id: as the reference
+    (a row ends at its first emitted eos, n = the most tokens any row emitted, pad after)."""
     params, heads = _checked(params, base_config, heads, config)
     if not isinstance(max_new_tokens, (int, numpy.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
@@ -366,6 +371,7 @@ def generate(params: dict, base_config: GPTConfig, heads: dict, config: Config, 
     if mode == "typical":
         _reference._check_epsilon_delta(epsilon, delta, temperature)
     choices = check_choices(choices, config)
+    eos, pad = check_eos(eos_token_id, pad_token_id, base_config.vocab_size)
     N = int(max_new_tokens)
     wte = params["wte"]
     prompt = fast_gpt.check_tokens(prompt, base_config, name="prompt", max_len=base_config.block_size + 1 - max(N, 1),
@@ -374,15 +380,22 @@ def generate(params: dict, base_config: GPTConfig, heads: dict, config: Config, 
         return prompt.clone(), tuple(numpy.zeros(0, dtype=numpy.int64) for _ in range(prompt.shape[0]))
     trees = _trees(choices, wte.device)
     n_nodes = trees[max(trees)]["mask"].shape[0]
+    eos_ids = torch.as_tensor(eos, dtype=torch.int64, device=wte.device) if eos else None
     rows, accepted = [], []
     with torch.inference_mode():
         stacked = _stacked(heads, config)
         for r in range(prompt.shape[0]):
-            row, a = _generate_row(params, base_config, stacked, prompt[r : r + 1], N, trees, n_nodes, mode,
-                                   epsilon, delta, temperature)  # fmt: skip
-            rows.append(row)
+            new, a = _generate_row(params, base_config, stacked, prompt[r : r + 1], N, trees, n_nodes, mode,
+                                   epsilon, delta, temperature, eos_ids)  # fmt: skip
+            rows.append(new)
             accepted.append(numpy.asarray(a, dtype=numpy.int64))
-    return torch.cat(rows, dim=0), tuple(accepted)
+        B, T0 = prompt.shape
+        n = max(new.shape[0] for new in rows)
+        out = torch.full((B, T0 + n), 0 if pad is None else pad, dtype=torch.int64, device=wte.device)
+        out[:, :T0] = prompt
+        for r, new in enumerate(rows):  # rows that ended earlier keep the pad after their eos
+            out[r, T0 : T0 + new.shape[0]] = new
+    return out, tuple(accepted)
 
 
 @functools.lru_cache(maxsize=16)
@@ -392,7 +405,17 @@ def _trees(choices: tuple, device: torch.device) -> dict:
     return {d: _device_buffers(tree_buffers(prune(choices, d)), device) for d in range(1, depth + 1)}
 
 
-def _generate_row(params, base_config, stacked, prompt, N, trees, n_nodes, mode, epsilon, delta, temperature):
+def _first_eos(tokens: torch.Tensor, eos_ids: torch.Tensor, upto) -> torch.Tensor:
+    """The index of the first eos among tokens[: upto + 1] (upto: an int or a 0-d tensor), or
+    len(tokens) when there is none; on the device (no host sync)."""
+    hit = torch.isin(tokens, eos_ids) & (torch.arange(tokens.shape[0], device=tokens.device) <= upto)
+    return torch.where(hit.any(), hit.to(torch.int64).argmax(), tokens.shape[0])
+
+
+def _generate_row(params, base_config, stacked, prompt, N, trees, n_nodes, mode, epsilon, delta, temperature,
+                  eos_ids):  # fmt: skip
+    """One sequence: prompt (1, T0) -> (its new tokens (n,), n <= N, ending at the first eos;
+    the accept length of each tree forward)."""
     wte = params["wte"]
     T0 = prompt.shape[1]
     cache = fast_gpt.empty_cache(base_config, 1, T0 + N + n_nodes, wte.dtype, wte.device, zeros=False)
@@ -407,32 +430,41 @@ def _generate_row(params, base_config, stacked, prompt, N, trees, n_nodes, mode,
         remaining = N - n
         if remaining == 1:
             out[n] = torch.argmax(logits_last)
+            n += 1
             break
         P = cache.length
         depth = min(max_depth, remaining - 1, base_config.block_size - 1 - P)
         if depth == 0:  # the root at the last position: a plain step
             root = torch.argmax(logits_last).reshape(1, 1)
-            h = _hidden_run(step_net, root, cache)[0]  # (1, C)
-            logits_last, medusa_last = step_net.head(h)[0], _heads_apply(stacked, h)[:, 0]
             out[n] = root[0, 0]
             n += 1
             accepted.append(0)
+            if eos_ids is not None and bool(torch.isin(root, eos_ids).any()):  # a host sync, near block_size only
+                break
+            h = _hidden_run(step_net, root, cache)[0]  # (1, C)
+            logits_last, medusa_last = step_net.head(h)[0], _heads_apply(stacked, h)[:, 0]
             continue
         b = trees[depth]
         tokens = candidates(logits_last, medusa_last, b)  # (N_nodes,)
         hs = _tree_hidden(tree_net, cache, tokens, b, mask_buffer=mask_buffer)  # (N_nodes, C)
         tree_logits = tree_net.head(hs)  # (N_nodes, V)
         row, a = _verify(tree_logits, tokens, b, mode, epsilon, delta, temperature)
-        a = int(a)  # the step's one host sync
+        if eos_ids is None:
+            a, first = int(a), None  # the step's one host sync
+        else:  # the first eos on the accepted path, found on the device
+            a, first = torch.stack([a, _first_eos(tokens[b["paths"][row].clamp(min=0)], eos_ids, a)]).tolist()
         nodes = b["paths"][row, : a + 1]
         out[n : n + a + 1] = tokens[nodes]
-        n += a + 1
         accepted.append(a)
+        if first is not None and first <= a:  # ends at the eos: what follows it is discarded
+            n += first + 1
+            break
+        n += a + 1
         keep_path(cache, P, nodes)
         last = nodes[-1]
         logits_last = tree_logits[last]
         medusa_last = _heads_apply(stacked, hs[last][None, :])[:, 0]  # (K, V): the heads on one node only
-    return torch.cat([prompt, out[None, :]], dim=1), accepted
+    return out[:n], accepted
 
 
 # ----------------------------------------------------------------------------- training the heads

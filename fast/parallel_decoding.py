@@ -19,6 +19,9 @@ the same tokens are computed fast:
   probabilities of the rows verification reads (sampling); the n-gram pool and the
   verification rules are the reference's own (`add_ngrams`, `verify_greedy`,
   `verify_point_mass`), plain Python on a few integers.
+- End of sequence (eos_token_id, pad_token_id): the reference's rule and the reference's
+  `cut_at_eos` on the host copy of the step's tokens; the loop stops at the first eos
+  (nothing more is computed), and a Jacobi block stops iterating once an eos is final.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 
 from chainrule.fast import gpt as fgpt
 from chainrule.reference import parallel_decoding as _ref
+from chainrule.reference.speculative import check_eos, cut_at_eos
 from chainrule.reference.parallel_decoding import (DecodeStats, add_ngrams, initial_guess, initial_window, prompt_pool,
                                          verify_greedy, verify_point_mass)  # fmt: skip
 
@@ -100,14 +104,17 @@ def _setup(params, config, prompt, max_new_tokens, width):
     return params, [int(t) for t in prompt], nets, cache
 
 
-def jacobi_decode(params: dict, config, prompt, max_new_tokens: int, m: int, *, rng=None):
-    """Jacobi decoding (reference.parallel_decoding.jacobi_decode) -> (tokens (1, T0+N) int64 tensor, DecodeStats)."""
+def jacobi_decode(params: dict, config, prompt, max_new_tokens: int, m: int, *, rng=None, eos_token_id=None,
+                  pad_token_id=None):  # fmt: skip
+    """Jacobi decoding (reference.parallel_decoding.jacobi_decode, same arguments and rules)
+    -> (tokens (1, T0+n) int64 tensor, DecodeStats)."""
     m = _ref._check_int(m, "m", 1)
     with torch.inference_mode():
         params, out, nets, cache = _setup(params, config, prompt, max_new_tokens, m)
+        eos, _ = check_eos(eos_token_id, pad_token_id, config.vocab_size)
         device = params["wte"].device
-        T0, iterations, blocks = len(out), [], []
-        while len(out) < T0 + max_new_tokens:
+        T0, iterations, blocks, ended = len(out), [], [], False
+        while len(out) < T0 + max_new_tokens and not ended:
             b = min(m, T0 + max_new_tokens - len(out))
             t = len(out) - 1
             guess = initial_guess(out[-1], b, config.vocab_size, rng)
@@ -119,23 +126,27 @@ def jacobi_decode(params: dict, config, prompt, max_new_tokens: int, m: int, *, 
                 new = masked_run(net, cache, tokens, positions, causal).argmax(dim=-1).tolist()
                 converged = new == guess
                 guess = new
-                if converged or j == b:
+                if converged or j == b or cut_at_eos(guess[:j], eos)[1]:  # y^(j)_{<j} is final
                     break
+            block, ended = cut_at_eos(guess, eos)
             iterations.append(j)
-            blocks.append(b)
-            commit(cache, list(range(b)))
-            out += guess
+            blocks.append(len(block))
+            if not ended:
+                commit(cache, list(range(b)))
+            out += block
     tokens = torch.as_tensor([out], dtype=torch.int64, device=params["wte"].device)
     return tokens, DecodeStats(sum(iterations), tuple(blocks), tuple(iterations))
 
 
 def lookahead_decode(params: dict, config, prompt, max_new_tokens: int, *, window: int = 4, ngram: int = 3,
-                     candidates: int = 4, u=None, prompt_ngrams: bool = False, rng=None):  # fmt: skip
+                     candidates: int = 4, u=None, prompt_ngrams: bool = False, rng=None, eos_token_id=None,
+                     pad_token_id=None):  # fmt: skip
     """Lookahead decoding (reference.parallel_decoding.lookahead_decode, same arguments and rules)
-    -> (tokens (1, T0+N) int64 tensor on the params' device, DecodeStats)."""
+    -> (tokens (1, T0+n) int64 tensor on the params' device, DecodeStats)."""
     W, N, G, u = _ref.check_lookahead_args(window, ngram, candidates, u, max_new_tokens)
     with torch.inference_mode():
         params, out, nets, cache = _setup(params, config, prompt, max_new_tokens, 1 + (N - 1) * (W + G))
+        eos, _ = check_eos(eos_token_id, pad_token_id, config.vocab_size)
         device = params["wte"].device
         T0 = len(out)
         pool = prompt_pool(out, N, G) if prompt_ngrams and G else {}
@@ -168,6 +179,11 @@ def lookahead_decode(params: dict, config, prompt, max_new_tokens: int, *, windo
                 probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()  # (T, V) float64
                 n_out = len(out) - T0
                 g, a, emitted = verify_point_mass(lambda g, i: probs[row(g, i)], cands, u[n_out : n_out + n + 1])
+            emitted, ended = cut_at_eos(emitted, eos)
+            if ended:  # the sequence ends: no cache, window or pool to update
+                out += emitted
+                per_step.append(len(emitted))
+                break
             commit(cache, [0] + [row(g, i + 1) for i in range(a)])
             if run_window:
                 new = tuple(choice[1 + (L - 1) * W : 1 + L * W])

@@ -3,15 +3,20 @@
 The twin of reference/speculative.py, whose docstring carries the algorithm (Leviathan et al.
 2023; Chen et al. 2023), the degenerate cases and the uniform layout; read it first. Here:
 
-    generate(target, draft, prompt, k, max_new_tokens, rng=None, *, u=None, processors=())
+    generate(target, draft, prompt, k, max_new_tokens, rng=None, *, u=None, processors=(),
+             eos_token_id=None, pad_token_id=None)
         target, draft: (params, config) of two fast.gpt models with one vocabulary;
-        prompt (B, T0) -> (tokens (B, T0 + max_new_tokens) int64, accepted (B, S) int64)
+        prompt (B, T0) -> (tokens (B, T0 + n) int64, accepted (B, S) int64)
 
 Row b is, step for step, the reference's `generate(gpt_model(target), gpt_model(draft),
-prompt[b], k, max_new_tokens, u=u[b])`: the same uniform layout (u: (B, max_new_tokens, 2k + 1),
-step s of row b consumes u[b, s]), the same inverse-CDF and acceptance arithmetic in float64.
-accepted[b, s] is the number of draft tokens row b accepted at its step s (0..k), -1 after
-the row finished.
+prompt[b], k, max_new_tokens, u=u[b], eos_token_id=...)`: the same uniform layout
+(u: (B, max_new_tokens, 2k + 1), step s of row b consumes u[b, s]), the same inverse-CDF and
+acceptance arithmetic in float64, the same end of sequence (the first eos a row emits ends it,
+kept; the rest of that step's block discarded). The reference's row has T0 + n_b tokens; here
+it is followed by pad_token_id (default: the first eos id) up to n = max_b n_b
+(n = max_new_tokens without eos). accepted[b, s] is the number of draft tokens row b's
+verification accepted at its step s (0..k, accepted drafts cut off by an eos or by
+max_new_tokens included), -1 after the row ended; S = the steps run, until every row ended.
 
 How it runs:
 - Each step is k draft forwards (one token each, the first may carry one catch-up token, see
@@ -30,8 +35,10 @@ How it runs:
   row (keys at positions <= the query's); when all rows are at the same length (always for one
   sequence) it runs fast.gpt's own shared-offset kernels (a one-token draft step is exactly
   fast.gpt's step; a multi-token pass writes the cache as fast.gpt does and slices its causal
-  mask from one triangle made once, not rebuilt in every layer). Rows run in lockstep; a
-  finished row idles (its results are discarded) until every row has max_new_tokens tokens.
+  mask from one triangle made once, not rebuilt in every layer). Rows run in lockstep.
+- Finished rows cost nothing: a row that has emitted an eos or max_new_tokens tokens leaves the
+  batch (its tokens go to the result; the caches, the working tokens and the uniforms keep
+  only the live rows, one gather when rows end), and generation stops when no row is left.
 - Per-step cost beyond the k + 1 forwards (batch 1 of small models is bound by per-operation
   overhead, so operations are counted): the drafts are written into the output in place and the
   target pass reads them there; the acceptance test, the index a and the final token are a
@@ -57,7 +64,8 @@ import torch
 import torch.nn.functional as F
 
 from chainrule.fast import gpt, sampling
-from chainrule.reference.speculative import acceptance_rate, expected_speedup, expected_tokens_per_step, uniforms_per_step
+from chainrule.reference.speculative import (acceptance_rate, check_eos, expected_speedup, expected_tokens_per_step,
+                                             uniforms_per_step)  # fmt: skip
 
 __all__ = ["generate", "inverse_cdf", "residual", "acceptance_rate", "expected_tokens_per_step",
            "expected_speedup", "uniforms_per_step"]  # fmt: skip
@@ -114,6 +122,12 @@ class _Model:
         self.rows = torch.arange(batch, device=wte.device)
         self.row_max = []
         self.triangle = None
+
+    def keep(self, live: torch.Tensor) -> None:
+        """Keep only the batch rows `live` (int64 indices, in order): the cache's rows are gathered
+        (one copy of the cache per call; it is called when rows end)."""
+        self.cache = gpt.KVCache(self.cache.k[:, live], self.cache.v[:, live], self.cache.length)
+        self.rows = self.rows[: live.shape[0]]
 
     def _net(self, rows: int):
         """The network with fast.gpt's kernels for inputs of `rows` rows (made once per mode)."""
@@ -220,13 +234,18 @@ def _pair(model, name: str):
     return model
 
 
-def generate(target, draft, prompt, k: int, max_new_tokens: int, rng=None, *, u=None, processors=()):
-    """Batched speculative generation (module docstring) -> (tokens (B, T0 + N) int64, accepted (B, S) int64).
+def generate(target, draft, prompt, k: int, max_new_tokens: int, rng=None, *, u=None, processors=(),
+             eos_token_id=None, pad_token_id=None):  # fmt: skip
+    """Batched speculative generation (module docstring) -> (tokens (B, T0 + n) int64, accepted (B, S) int64).
 
     target, draft: (params, config) of fast.gpt models (same vocab_size, params on one device);
     prompt: (B, T0) int, T0 >= 1; k >= 1 draft tokens per step; N = max_new_tokens.
     Randomness: rng (a numpy Generator: u = rng.random((B, N, 2k + 1))) or explicit
     u (B, N, 2k + 1) in [0, 1), the reference's layout per row.
+    End of sequence (reference.speculative: the rule): eos_token_id (an id or a sequence of ids
+    in [0, V)) ends a row at the first eos it emits; pad_token_id (an id in [0, V), default the
+    first eos id) fills the row after it. n = the most tokens any row emitted (n = N without
+    eos); S = the steps run, until every row has ended.
     """
     (tp, tc), (dp, dc) = _pair(target, "target"), _pair(draft, "draft")
     if tc.vocab_size != dc.vocab_size:
@@ -235,6 +254,7 @@ def generate(target, draft, prompt, k: int, max_new_tokens: int, rng=None, *, u=
         raise ValueError(f"k: expected an int >= 1 (draft tokens per step), got {k!r}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    eos, pad = check_eos(eos_token_id, pad_token_id, tc.vocab_size)
     k, N = int(k), int(max_new_tokens)
     tp = gpt.checked_params(tp, tc)
     dp = gpt.checked_params(dp, dc)
@@ -254,21 +274,24 @@ def generate(target, draft, prompt, k: int, max_new_tokens: int, rng=None, *, u=
     if N == 0:
         return prompt.clone(), torch.zeros((B, 0), dtype=torch.int64, device=device)
     with torch.inference_mode():
-        return _generate(tp, tc, dp, dc, prompt, k, N, u, processors)
+        return _generate(tp, tc, dp, dc, prompt, k, N, u, processors, eos, pad)
 
 
-def _generate(tp, tc, dp, dc, prompt, k, N, u, processors):
+def _generate(tp, tc, dp, dc, prompt, k, N, u, processors, eos, pad):
     B, T0 = prompt.shape
     V, device = tc.vocab_size, prompt.device
     max_len = T0 + N + k - 1
     T_, D_ = _Model(tp, tc, B, max_len, processors, "target"), _Model(dp, dc, B, max_len, processors, "draft")
+    # the batch holds the live rows only: row i of out, u, the caches and L is the original row rows[i]
     out = torch.zeros((B, T0 + N + k + 1), dtype=torch.int64, device=device)  # room for a whole last block
     out[:, :T0] = prompt
+    result = torch.full((B, T0 + N), 0 if pad is None else pad, dtype=torch.int64, device=device)
+    rows = list(range(B))
+    emitted = [0] * B  # new tokens per original row, once it has ended
     # per-row bookkeeping in plain Python (B is small; numpy's per-call cost dominates there)
-    L = [T0] * B  # context length per row
-    active = [True] * B
-    n_active = B
+    L = [T0] * B  # context length per live row
     accepted = numpy.full((B, N), -1, dtype=numpy.int64)
+    eos_ids = torch.as_tensor(eos, dtype=torch.int64, device=device) if eos else None
     if T0 > 1:  # both caches hold every context position but the last
         T_.feed(prompt[:, :-1], 0, last_only=True)
         D_.feed(prompt[:, :-1], 0, last_only=True)
@@ -276,63 +299,76 @@ def _generate(tp, tc, dp, dc, prompt, k, N, u, processors):
     steps_w = torch.arange(k + 1, device=device)
     no_q = torch.zeros((B, 1, V), dtype=torch.float64, device=device)  # "q_{k+1}": the residual there is p_{k+1}
     u_draft, u_test, u_last = u[:, :, :k], u[:, :, k : 2 * k], u[:, :, 2 * k]  # the uniform layout, as views
-    while n_active:
-        if n_active == B:
-            L_run = L
-        else:  # finished rows idle at a valid position
-            idle = min(n for n, on in zip(L, active) if on)
-            L_run = [n if on else idle for n, on in zip(L, active)]
+    while rows:
+        n = len(rows)
         # P: the one context length of all rows (always for one sequence), else None (per-row positions)
-        P = L_run[0] if L_run.count(L_run[0]) == B else None
+        P = L[0] if L.count(L[0]) == n else None
         if P is None:
-            at = numpy.asarray(L_run)  # (B,)
+            at = numpy.asarray(L)  # (n,)
             idx = torch.as_tensor(at, device=device)
         # draft k tokens, each from the processed q it is drawn from
         if P is not None:
-            q = D_.probs(out[:, P - width : P], P - width, last_only=True)  # (B, 1, V)
+            q = D_.probs(out[:, P - width : P], P - width, last_only=True)  # (n, 1, V)
         else:
             q = D_.probs(out.gather(1, idx[:, None] - width + steps_w[:width]), at - width, last_only=True)
         qs, xs = [q], []
         for i in range(k):
-            xs.append(inverse_cdf(q[:, 0], u_draft[:, s, i]))  # (B,)
+            xs.append(inverse_cdf(q[:, 0], u_draft[:, s, i]))  # (n,)
             if i + 1 < k:
-                q = D_.probs(xs[-1][:, None], P + i if P is not None else at + i)  # (B, 1, V)
+                q = D_.probs(xs[-1][:, None], P + i if P is not None else at + i)  # (n, 1, V)
                 qs.append(q)
-        x = torch.stack(xs, dim=1)  # (B, k)
-        q = torch.cat(qs + [no_q], dim=1)  # (B, k+1, V): q_1 .. q_k, 0
+        x = torch.stack(xs, dim=1)  # (n, k)
+        q = torch.cat(qs + [no_q[:n]], dim=1)  # (n, k+1, V): q_1 .. q_k, 0
         # one target pass over the last context token and the k drafts: p_1 .. p_{k+1}
-        in_place = P is not None and n_active == B
-        if in_place:
+        if P is not None:
             out[:, P : P + k] = x  # the drafts in place: x_1..x_a stay, the rest is overwritten later
-            p = T_.probs(out[:, P - 1 : P + k], P - 1)  # (B, k+1, V)
+            p = T_.probs(out[:, P - 1 : P + k], P - 1)  # (n, k+1, V)
         else:
-            last = out[:, P - 1 : P] if P is not None else out.gather(1, idx[:, None] - 1)  # (B, 1)
-            p = T_.probs(torch.cat([last, x], dim=1), P - 1 if P is not None else at - 1)  # (B, k+1, V)
+            p = T_.probs(torch.cat([out.gather(1, idx[:, None] - 1), x], dim=1), at - 1)  # (n, k+1, V)
         # accept x_i iff u < p_i(x_i) / q_i(x_i); a = the number accepted before the first rejection
-        at_x = x[:, :, None]  # (B, k, 1): gathers from the first k positions of p and q
-        ratio = p.gather(2, at_x)[..., 0] / q.gather(2, at_x)[..., 0]  # (B, k)
-        a = torch.cumprod(u_test[:, s] < ratio, dim=1).sum(dim=1)  # (B,) int64
-        at_a = a.view(B, 1, 1).expand(B, 1, V)
+        at_x = x[:, :, None]  # (n, k, 1): gathers from the first k positions of p and q
+        ratio = p.gather(2, at_x)[..., 0] / q.gather(2, at_x)[..., 0]  # (n, k)
+        a = torch.cumprod(u_test[:, s] < ratio, dim=1).sum(dim=1)  # (n,) int64
+        at_a = a.view(n, 1, 1).expand(n, 1, V)
         # y from residual(p_a, q_a) = norm(max(0, p_a - q_a)), which is p_{k+1} itself when a = k (q = 0)
-        y = inverse_cdf(residual(p.gather(1, at_a)[:, 0], q.gather(1, at_a)[:, 0]), u_last[:, s])  # (B,)
-        if in_place:
-            out[:, P:].scatter_(1, a[:, None], y[:, None])  # y after x_1..x_a
-        else:  # each active row at its own columns: x_1..x_a, y
-            block = torch.cat([x, x[:, :1]], dim=1).scatter(1, a[:, None], y[:, None])  # (B, k+1)
-            cols = (idx if P is None else torch.full((B,), P, device=device))[:, None] + steps_w  # (B, k+1)
-            keep = ~torch.as_tensor(active, device=device)[:, None]
-            out.scatter_(1, cols, torch.where(keep, out.gather(1, cols), block))
-        a_host = a.tolist()  # the step's one host synchronization
-        width = 1
-        for b in range(B):
-            if active[b]:
-                accepted[b, s] = a_host[b]
-                width = 2 if a_host[b] == k else width
-                L[b] += a_host[b] + 1
-                if L[b] - T0 >= N:
-                    active[b] = False
-                    n_active -= 1
+        y = inverse_cdf(residual(p.gather(1, at_a)[:, 0], q.gather(1, at_a)[:, 0]), u_last[:, s])  # (n,)
+        block = torch.cat([x, x[:, :1]], dim=1).scatter(1, a[:, None], y[:, None])  # (n, k+1): x_1..x_a, y
+        if P is not None:
+            out[:, P : P + k + 1] = block
+        else:  # each row at its own columns
+            out.scatter_(1, idx[:, None] + steps_w, block)
+        if eos_ids is None:
+            a_host, first = a.tolist(), [k + 1] * n  # the step's one host synchronization
+        else:  # the first eos of the block, k + 1 if none
+            hit = torch.isin(block, eos_ids)  # (n, k+1)
+            first_eos = torch.where(hit.any(dim=1), hit.to(torch.int64).argmax(dim=1), k + 1)
+            a_host, first = torch.stack([a, first_eos]).tolist()  # the step's one host synchronization
+        width, ended = 1, []
+        for i in range(n):
+            b = rows[i]
+            accepted[b, s] = a_host[i]
+            emit = min(a_host[i] + 1, T0 + N - L[i])
+            if first[i] < emit:  # an eos ends the row, the tokens after it discarded
+                emit = first[i] + 1
+                ended.append(i)
+            elif L[i] + emit == T0 + N:
+                ended.append(i)
+            else:
+                width = 2 if a_host[i] == k else width
+            L[i] += emit
+        if ended:  # the ended rows leave the batch: their tokens go to the result
+            for i in ended:
+                emitted[rows[i]] = L[i] - T0
+                result[rows[i], : L[i]] = out[i, : L[i]]
+            keep = [i for i in range(n) if i not in ended]
+            rows, L = [rows[i] for i in keep], [L[i] for i in keep]
+            if rows:
+                live = torch.as_tensor(keep, device=device)
+                out = out[live]
+                u_draft, u_test, u_last = u_draft[live], u_test[live], u_last[live]
+                T_.keep(live)
+                D_.keep(live)
         s += 1
     T_.check()
     D_.check()
-    return out[:, : T0 + N].clone(), torch.as_tensor(accepted[:, :s], device=device)
+    return result[:, : T0 + max(emitted)], torch.as_tensor(accepted[:, :s], device=device)

@@ -11,7 +11,10 @@
 - the tree forward gives every node the logits of plain decoding of its path, and the cache
   after acceptance equals the prefill of the accepted tokens;
 - fresh Medusa-1 heads (`init` with the base) are exactly the base's LM head;
-- purity: generate mutates nothing and is deterministic.
+- purity: generate mutates nothing and is deterministic;
+- end of sequence: with eos ids, Medusa (greedy and typical, reference and fast float64) gives
+  its output without eos cut after each row's first new eos, padded to the longest row (greedy:
+  greedy decoding cut at eos), and the accept lengths are a prefix of those without eos.
 """
 
 from __future__ import annotations
@@ -278,3 +281,44 @@ def test_generate_is_pure():
     assert_pure(medusa.generate, params, base, heads, config, prompt, 9, choices, mode="typical")
     assert_pure(fast_medusa.generate, fb.to_torch(params), base, fb.to_torch(heads), config,
                 torch.as_tensor(prompt), 9, choices)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- end of sequence
+
+
+def cut_at_eos(tokens, T0: int, eos, pad: int):
+    """Each row of tokens (B, T0 + N) cut after its first new token in eos, the rows padded with
+    pad to the longest -> (B, T0 + n)."""
+    rows = []
+    for row in np.asarray(tokens):
+        ends = [t for t in range(T0, row.shape[0]) if int(row[t]) in eos]
+        rows.append(row[: ends[0] + 1] if ends else row)
+    out = np.full((len(rows), max(len(r) for r in rows)), pad, dtype=np.int64)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return out
+
+
+@given(medusa_models(), st.data(), st.sampled_from(["greedy", "typical"]))
+def test_medusa_with_eos_is_medusa_cut_at_eos(model, data, mode):
+    base, params, config, heads, choices = model
+    prompt, N = data.draw(prompts_and_lengths(base))
+    V = base.vocab_size
+    eos = data.draw(st.lists(st.integers(0, V - 1), min_size=1, max_size=2, unique=True))
+    pad = data.draw(st.one_of(st.none(), st.integers(0, V - 1)))
+    kw = dict(mode=mode, epsilon=0.2) if mode == "typical" else {}
+    full, full_accepted = medusa.generate(params, base, heads, config, prompt, N, choices, **kw)
+    if mode == "greedy":
+        np.testing.assert_array_equal(full, ref_gpt.greedy(params, base, prompt, N))
+    want = cut_at_eos(full, prompt.shape[1], eos, eos[0] if pad is None else pad)
+    out, accepted = medusa.generate(params, base, heads, config, prompt, N, choices, eos_token_id=eos,
+                                    pad_token_id=pad, **kw)  # fmt: skip
+    np.testing.assert_array_equal(out, want)
+    for a, full_a in zip(accepted, full_accepted):
+        np.testing.assert_array_equal(a, full_a[: len(a)])  # the same tree forwards, the row's first ones
+    P, Hd = fb.to_torch(params, "cpu", torch.float64), fb.to_torch(heads, "cpu", torch.float64)
+    fast_out, fast_accepted = fast_medusa.generate(P, base, Hd, config, torch.as_tensor(prompt), N, choices,
+                                                   eos_token_id=eos, pad_token_id=pad, **kw)  # fmt: skip
+    np.testing.assert_array_equal(fast_out.numpy(), want)
+    for a, b in zip(accepted, fast_accepted):
+        np.testing.assert_array_equal(a, b)

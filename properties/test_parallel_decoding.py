@@ -11,7 +11,13 @@
   Monte Carlo draws pass a chi-square test against the chain rule;
 - with no candidates, sampling-mode lookahead is inverse-CDF ancestral sampling with
   the same uniforms (reference.gpt.generate);
-- purity: no input is mutated.
+- purity: no input is mutated;
+- end of sequence: Jacobi and lookahead with eos ids (reference and fast, greedy) output greedy
+  decoding cut after its first new eos, with the same steps as far as they go; sampling-mode
+  lookahead with eos is the same run without eos cut at the eos (the same uniforms); and the
+  exact distribution of point-mass verification with eos (blocks cut after their first eos, pad
+  after) equals the chain rule stopped at the first eos (V 3..4, lengths 3..4), an oracle that
+  keeps the tokens after an eos being caught.
 """
 
 from __future__ import annotations
@@ -93,10 +99,11 @@ def test_lookahead_accepts_candidates_somewhere():
 
 
 @st.composite
-def tables(draw):
+def tables(draw, min_vocab: int = 2):
     """(V, target, candidates): a context-dependent next-token table over the last two tokens
-    and the length, with exact zeros and point masses; candidates(seq) -> tuples of one length."""
-    V = draw(st.integers(2, 4))
+    and the length, with exact zeros and point masses; candidates(seq) -> tuples of one length.
+    V in [min_vocab, 4]."""
+    V = draw(st.integers(min_vocab, 4))
     rng = np.random.default_rng(draw(seeds))
     p = rng.dirichlet(np.full(V, 0.7), size=(V + 1, V + 1, 3))  # (last, second last, length mod 3, V)
     p[rng.random(p.shape) < 0.25] = 0.0  # zeros
@@ -289,3 +296,99 @@ def test_step_rows_equal_recomputing_the_sequence_each_row_sees(model, data):
         want = ref_gpt.forward(params, config, seq)[0, -1]
         assert np.abs(logits[r] - want).max() < 1e-10, f"reference row {r}"
         assert np.abs(fast[r] - want).max() < 1e-10, f"fast row {r}"
+
+
+# ----------------------------------------------------------------------------- end of sequence
+
+
+def cut_at_eos(tokens, T0: int, eos):
+    """(1, T0 + N) -> (1, T0 + n): cut after the first new token in eos."""
+    row = np.asarray(tokens)[0]
+    ends = [t for t in range(T0, row.shape[0]) if int(row[t]) in eos]
+    return row[None, : ends[0] + 1] if ends else row[None]
+
+
+@st.composite
+def eos_ids(draw, V):
+    return draw(st.one_of(st.integers(0, V - 1), st.lists(st.integers(0, V - 1), min_size=1, max_size=2, unique=True)))
+
+
+def _ids(eos):
+    return (eos,) if isinstance(eos, int) else tuple(eos)
+
+
+@given(models_and_prompts(), st.integers(1, 5), st.integers(1, 4), st.integers(2, 4), st.integers(0, 3), st.data())
+def test_jacobi_and_lookahead_with_eos_are_greedy_cut_at_eos(case, m, W, N, G, data):
+    config, params, prompt, n = case
+    eos = data.draw(eos_ids(config.vocab_size))
+    seed = data.draw(st.one_of(st.none(), seeds))
+    T0 = prompt.shape[1]
+    want = cut_at_eos(ref_gpt.greedy(params, config, prompt, n), T0, _ids(eos))
+    runs = {}
+    for name, impl, P in (("reference", pd, params), ("fast", fpd, _fast(params))):
+        rng = None if seed is None else np.random.default_rng(seed)
+        tokens, stats = impl.jacobi_decode(P, config, prompt, n, m, rng=rng, eos_token_id=eos)
+        assert np.array_equal(np.asarray(tokens), want), f"{name} Jacobi m={m} eos={eos}: {tokens} != {want}"
+        assert sum(stats.tokens_per_step) == want.shape[1] - T0 and all(1 <= j <= m for j in stats.iterations)
+        runs[name, "jacobi"] = stats
+        rng = None if seed is None else np.random.default_rng(seed)
+        tokens, stats = impl.lookahead_decode(P, config, prompt, n, window=W, ngram=N, candidates=G, rng=rng,
+                                              eos_token_id=eos, prompt_ngrams=True)  # fmt: skip
+        assert np.array_equal(np.asarray(tokens), want), f"{name} lookahead eos={eos}: {tokens} != {want}"
+        assert sum(stats.tokens_per_step) == want.shape[1] - T0 and stats.forwards == len(stats.tokens_per_step)
+        runs[name, "lookahead"] = stats
+    for method in ("jacobi", "lookahead"):
+        assert runs["reference", method] == runs["fast", method], f"{method}: reference and fast took different steps"
+    full = pd.lookahead_decode(params, config, prompt, n, window=W, ngram=N, candidates=G, prompt_ngrams=True,
+                               rng=None if seed is None else np.random.default_rng(seed))[1]  # fmt: skip
+    got = runs["reference", "lookahead"].tokens_per_step
+    assert got[:-1] == full.tokens_per_step[: len(got) - 1], "the same steps, as far as they go"
+
+
+@given(models_and_prompts(), st.integers(1, 4), st.integers(2, 4), st.integers(0, 3), seeds, st.data())
+def test_lookahead_sampling_with_eos_is_the_run_cut_at_eos(case, W, N, G, seed, data):
+    config, params, prompt, n = case
+    eos = data.draw(eos_ids(config.vocab_size))
+    u = np.random.default_rng(seed).random((1, n, G + 1))
+    kw = dict(window=W, ngram=N, candidates=G, prompt_ngrams=True, u=u)
+    full, _ = pd.lookahead_decode(params, config, prompt, n, **kw)
+    want = cut_at_eos(full, prompt.shape[1], _ids(eos))
+    got, stats = pd.lookahead_decode(params, config, prompt, n, eos_token_id=eos, **kw)
+    assert np.array_equal(got, want)
+    fast, fast_stats = fpd.lookahead_decode(_fast(params), config, prompt, n, eos_token_id=eos, **kw)
+    assert np.array_equal(fast.numpy(), want) and fast_stats == stats
+
+
+@given(tables(min_vocab=3), st.integers(3, 4), st.data())
+def test_point_mass_verification_exact_distribution_with_eos(table, length, data):
+    V, target, candidates = table
+    eos = data.draw(eos_ids(V))
+    pad = data.draw(st.one_of(st.none(), st.integers(0, V - 1)))
+    prefix = tuple(data.draw(st.lists(st.integers(0, V - 1), max_size=2)))
+    exact = pd.exact_output_distribution(target, candidates, prefix, length, V, eos_token_id=eos, pad_token_id=pad)
+    truth = pd.chain_rule_distribution(target, prefix, length, V, eos_token_id=eos, pad_token_id=pad)
+    err = float(np.abs(exact - truth).max())
+    assert err <= EXACT, f"point-mass verification with eos changes the distribution: max error {err:.3e}"
+    assert abs(exact.sum() - 1) <= EXACT
+    pad = _ids(eos)[0] if pad is None else pad
+    for ys in zip(*np.nonzero(exact)):  # pad after the first eos
+        ends = [t for t, y in enumerate(ys) if y in _ids(eos)]
+        assert not ends or all(y == pad for y in ys[ends[0] + 1 :]), ys
+
+
+def test_exact_distribution_with_eos_catches_tokens_kept_after_eos(monkeypatch):
+    """The eos oracle is not vacuous: keeping the tokens after an eos in the same step (the
+    accepted candidate tokens, the bonus token) puts mass on sequences the chain rule forbids."""
+    V = 3
+    p = np.array([0.5, 0.3, 0.2])
+
+    def target(seq):
+        return p
+
+    def candidates(seq):
+        return [(1, 1), (2, 0)]
+
+    truth = pd.chain_rule_distribution(target, (), 3, V, eos_token_id=1)
+    assert np.abs(pd.exact_output_distribution(target, candidates, (), 3, V, eos_token_id=1) - truth).max() <= EXACT
+    monkeypatch.setattr(pd, "cut_at_eos", lambda block, eos: (tuple(block), any(t in eos for t in block)))
+    assert np.abs(pd.exact_output_distribution(target, candidates, (), 3, V, eos_token_id=1) - truth).max() > 1e-2

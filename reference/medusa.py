@@ -34,6 +34,15 @@ Greedy verification makes the output token for token that of greedy decoding
 (reference.gpt.greedy): each emitted token is the argmax of the base's distribution given
 exactly the tokens before it.
 
+End of sequence (the convention of reference.generation and reference/speculative.py):
+with eos_token_id (an id or several), a row ends at the first eos it emits (an eos in the
+prompt does not count): the eos is kept, the accepted nodes after it on the same path are
+discarded, and the row runs no more tree forwards. Emitting the root and the accepted path,
+then cutting, emits exactly the tokens up to the eos, so greedy Medusa with eos is greedy
+decoding cut after its first eos. The batch's output has T0 + n columns, n the most tokens
+any row emitted; a row that ended earlier is filled with pad_token_id (default: the first
+eos id).
+
 Typical acceptance: p = softmax(logits / temperature), H(p) = -sum_v p_v log p_v computed
 exactly (0 log 0 = 0); the public code's defaults are epsilon = 0.09 and delta = 0.3 =
 sqrt(epsilon), which this spec takes (delta=None means sqrt(epsilon)). The root is always
@@ -57,7 +66,10 @@ reference, not copied):
   - the top-k of the heads is a fixed TOPK = 10 (ranks must be < 10); here any rank < V;
   - batch size 1 only; here the rows of a batch are decoded one after the other (each row
     its own accept lengths and cache), and near the end the tree is cut to the depth still
-    needed, so exactly max_new_tokens are produced and the block size is respected.
+    needed, so exactly max_new_tokens are produced (fewer when the row emits an eos) and the
+    block size is respected;
+  - the public loop checks for eos only after the whole accepted path is appended and keeps
+    what follows it; here the path is cut after its first eos.
 
 Head parameters are a flat dict of float64 arrays, (in, out) as everywhere:
 
@@ -74,6 +86,7 @@ from dataclasses import dataclass
 import numpy
 
 from chainrule.reference import gpt, nn, validate
+from chainrule.reference.speculative import check_eos, cut_at_eos
 from chainrule.reference.xp import namespace
 
 MODES = ("greedy", "typical")
@@ -505,20 +518,24 @@ def verify(tree_logits, tree_tokens, buffers: dict, mode: str = "greedy", epsilo
 # ----------------------------------------------------------------------------- generation
 
 
-def _check_generate_args(params, base_config, heads, config, prompt, max_new_tokens, choices, mode):
+def _check_generate_args(params, base_config, heads, config, prompt, max_new_tokens, choices, mode, eos_token_id,
+                         pad_token_id):  # fmt: skip
+    """ValueError for a bad argument of `generate` -> (eos ids, pad id) (speculative.check_eos)."""
     _check_all(params, base_config, heads, config)
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     check_choices(choices, config)
+    eos = check_eos(eos_token_id, pad_token_id, base_config.vocab_size)
     gpt.check_tokens(prompt, base_config, name="prompt", max_len=base_config.block_size + 1 - max(max_new_tokens, 1))
+    return eos
 
 
 def generate(params: dict, base_config: gpt.Config, heads: dict, config: Config, prompt, max_new_tokens: int,
              choices, *, mode: str = "greedy", epsilon: float = DEFAULT_EPSILON, delta: float | None = None,
-             temperature: float = 1.0):  # fmt: skip
-    """Medusa decoding: -> (tokens (B, T0 + max_new_tokens) int64, accept lengths).
+             temperature: float = 1.0, eos_token_id=None, pad_token_id=None):  # fmt: skip
+    """Medusa decoding: -> (tokens (B, T0 + n) int64, accept lengths).
 
     prompt: (B, T0), fed as it is; each row is decoded on its own (its own accept lengths and
     cache). choices: the candidate tree (a list of rank tuples, depth <= n_heads). mode:
@@ -528,30 +545,43 @@ def generate(params: dict, base_config: gpt.Config, heads: dict, config: Config,
     tree is cut to the depth still needed and to the positions left below block_size, so
     exactly max_new_tokens come out, and T0 + max_new_tokens - 1 <= block_size as for
     reference.gpt.generate (a tree cut to its root alone is a plain decoding step, a = 0).
+    End of sequence (module docstring): eos_token_id (an id or a sequence of ids in [0, V))
+    ends a row at the first eos it emits (kept; the rest of its accepted path discarded);
+    n = the most tokens any row emitted (n = max_new_tokens without eos), and a row that
+    ended earlier is followed by pad_token_id (default: the first eos id).
     accept lengths: a tuple with, per row, an int64 array of a (the accepted nodes below the
-    root) for each tree forward. A row costs 1 + len(a) base forwards (the prompt's prefill,
-    then one per tree) for max_new_tokens = sum(a + 1) tokens, plus 1 when the last token is
-    a root emitted without a tree (plain decoding, too, never feeds its last token).
+    root) for each tree forward the row ran (a row that ended at an eos runs no more; its last
+    a counts the nodes its verification accepted, those cut after the eos included). A row
+    that emitted n_b tokens without an eos costs 1 + len(a) base forwards (the prompt's
+    prefill, then one per tree) for n_b = sum(a + 1) tokens, plus 1 when its last token is a
+    root emitted without a tree (plain decoding, too, never feeds its last token).
     """
-    _check_generate_args(params, base_config, heads, config, prompt, max_new_tokens, choices, mode)
+    eos, pad = _check_generate_args(params, base_config, heads, config, prompt, max_new_tokens, choices, mode,
+                                    eos_token_id, pad_token_id)  # fmt: skip
     if mode == "typical":
         _check_epsilon_delta(epsilon, delta, temperature)
     xp = namespace(params["wte"])
     prompt = xp.asarray(prompt).astype(xp.int64)
     rows, steps = [], []
     for b in range(prompt.shape[0]):
-        row, counts = _generate_row(params, base_config, heads, config, prompt[b : b + 1], int(max_new_tokens),
-                                    choices, mode, epsilon, delta, temperature)  # fmt: skip
-        rows.append(row)
+        new, counts = _generate_row(params, base_config, heads, config, prompt[b : b + 1], int(max_new_tokens),
+                                    choices, mode, epsilon, delta, temperature, eos)  # fmt: skip
+        rows.append(new)
         steps.append(numpy.asarray(counts, dtype=numpy.int64))
-    return xp.concatenate(rows, axis=0), tuple(steps)
+    n = max(len(new) for new in rows)
+    out = xp.full((prompt.shape[0], prompt.shape[1] + n), 0 if pad is None else pad, dtype=xp.int64)
+    out[:, : prompt.shape[1]] = prompt
+    for b, new in enumerate(rows):  # rows that ended earlier keep the pad after their eos
+        out[b, prompt.shape[1] : prompt.shape[1] + len(new)] = xp.asarray(new, dtype=xp.int64)
+    return out, tuple(steps)
 
 
-def _generate_row(params, base_config, heads, config, prompt, N, choices, mode, epsilon, delta, temperature):
-    """One sequence: prompt (1, T0) -> ((1, T0 + N), accept length of each tree forward)."""
+def _generate_row(params, base_config, heads, config, prompt, N, choices, mode, epsilon, delta, temperature, eos):
+    """One sequence: prompt (1, T0) -> (its new tokens, a list of n <= N ints ending at the
+    first eos; the accept length of each tree forward)."""
     xp = namespace(params["wte"])
     if N == 0:
-        return prompt, []
+        return [], []
     h, cache = hidden(params, base_config, prompt, gpt.init_cache(params, base_config, 1))
     logits_last, medusa_last = base_logits(params, h[0, -1]), head_logits(heads, config, h[0, -1])  # (V,), (K, V)
     out, counts = [], []
@@ -564,20 +594,24 @@ def _generate_row(params, base_config, heads, config, prompt, N, choices, mode, 
         depth = min(remaining - 1, base_config.block_size - 1 - P)  # the tree's nodes sit at P + depth
         if depth == 0:  # the root at the last position: a plain step
             root = int(xp.argmax(logits_last))
-            h, cache = hidden(params, base_config, xp.asarray([[root]]), cache)
-            logits_last, medusa_last = base_logits(params, h[0, -1]), head_logits(heads, config, h[0, -1])
             out.append(root)
             counts.append(0)
+            if root in eos:
+                break
+            h, cache = hidden(params, base_config, xp.asarray([[root]]), cache)
+            logits_last, medusa_last = base_logits(params, h[0, -1]), head_logits(heads, config, h[0, -1])
             continue
         buffers = tree_buffers(prune(choices, depth))
         tokens = candidates(logits_last, medusa_last, buffers)  # (N_nodes,)
         tree_logits, tree_medusa, cache = tree_forward(params, base_config, heads, config, cache, tokens, buffers)
         row, a = verify(tree_logits, tokens, buffers, mode, epsilon, delta, temperature)
         nodes = buffers["paths"][row, : a + 1]  # the root and the a accepted nodes
-        out.extend(int(tokens[int(n)]) for n in nodes)
+        block, ended = cut_at_eos([int(tokens[int(n)]) for n in nodes], eos)  # up to the first eos
+        out.extend(block)
         counts.append(a)
+        if ended:
+            break
         cache = keep_path(cache, P, nodes)
         last = int(nodes[-1])
         logits_last, medusa_last = tree_logits[last], tree_medusa[:, last]
-    new = xp.asarray(out, dtype=xp.int64)[None, :]
-    return xp.concatenate([prompt, new], axis=1), counts
+    return out, counts

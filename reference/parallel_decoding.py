@@ -59,6 +59,20 @@ them, so the emitted stream has exactly the target's chain-rule distribution
 
 Both decoders work on one sequence (batch 1), on GPT models of reference/gpt.py.
 
+End of sequence (the convention of reference.generation and reference/speculative.py):
+with eos_token_id (an id or several), decoding stops at the first eos the sequence emits
+(one in the prompt does not count). The eos is kept; the tokens after it in the same
+accepted block (a Jacobi block, a lookahead step's accepted candidate tokens and bonus
+token) are discarded; the output is the prompt and the new tokens up to the eos (shorter
+than T0 + max_new_tokens; one sequence needs no padding, pad_token_id is only checked).
+Jacobi stops iterating a block as soon as an eos is *final*: by the claim above,
+y^(j)_{<j} = g_{<j}, so when y^(j)_0 .. y^(j)_{j-1} hold an eos, its first one is g's first
+eos in the block and the tokens up to it are g's: no further iteration can change them.
+Cutting is a deterministic function of the emitted stream, so the greedy decoders still give
+greedy decoding (cut after its first eos), and sampling-mode lookahead the target's chain
+rule stopped at its first eos (`exact_output_distribution` and `chain_rule_distribution`
+with eos_token_id enumerate both).
+
 Choices where the public implementation (hao-ai-lab/LookaheadDecoding) differs or is
 silent, none of which affects exactness: every level holds W columns (the public code
 makes level 0 longer and staggers the others by one position; the diagonals are the
@@ -80,6 +94,7 @@ import numpy
 from chainrule.reference import gpt
 from chainrule.reference import nn
 from chainrule.reference import sampling
+from chainrule.reference.speculative import check_eos, cut_at_eos
 from chainrule.reference.xp import namespace, to_numpy
 
 
@@ -91,7 +106,8 @@ class DecodeStats:
     """What a parallel decoder did after the prompt's prefill.
 
     forwards: model calls of the decoding loop (each consumes the last accepted token);
-    tokens_per_step: tokens emitted by each call (lookahead; for Jacobi: per block);
+    tokens_per_step: tokens emitted by each call (lookahead; for Jacobi: per block), the
+        last one counting only the tokens up to an eos (those after it are not emitted);
     iterations: Jacobi iterations (forward passes) per block (empty for lookahead).
     Plain greedy decoding has forwards = new tokens; tokens/forward is the gain.
     """
@@ -179,26 +195,32 @@ def initial_guess(last: int, b: int, vocab_size: int, rng=None) -> list:
     return [int(v) for v in rng.integers(0, vocab_size, size=b)]
 
 
-def jacobi_decode(params: dict, config: gpt.Config, prompt, max_new_tokens: int, m: int, *, rng=None):
+def jacobi_decode(params: dict, config: gpt.Config, prompt, max_new_tokens: int, m: int, *, rng=None,
+                  eos_token_id=None, pad_token_id=None):  # fmt: skip
     """Greedy decoding by Jacobi iteration, block by block (module docstring: the proof).
 
     prompt: (1, T0) int. Each block of b = min(m, tokens left) tokens starts from the guess
     y^(0) = (x_t, .., x_t) (the last accepted token repeated; with `rng`, a numpy Generator:
     b tokens drawn uniformly, rng.integers(0, V, b)) and iterates
         y^(j+1)_i = argmax softmax(logits(prefix, x_t, y^(j)_0 .. y^(j)_{i-1}))     (one forward)
-    until y^(j+1) = y^(j) or j + 1 = b. The block is then the greedy continuation; the
+    until y^(j+1) = y^(j) or j + 1 = b, or (with eos_token_id) y^(j+1)_0 .. y^(j+1)_j, which
+    are final, hold an eos. The block is then the greedy continuation (up to that eos); the
     keys/values of its last forward (inputs x_t, y_0..y_{b-2}, all final) enter the cache.
-    -> (tokens (1, T0 + max_new_tokens) int64, DecodeStats with iterations per block).
+    eos_token_id (an id or a sequence of ids in [0, V)): decoding stops at the first eos, kept,
+    the rest of its block discarded; pad_token_id: checked, unused (module docstring).
+    -> (tokens (1, T0 + n) int64, n <= max_new_tokens (< with an eos), DecodeStats with
+    iterations per block and the tokens each block emitted).
     """
     gpt.check_params(params, config)
     m = _check_int(m, "m", 1)
     prompt = check_prompt(prompt, config, max_new_tokens)
+    eos, _ = check_eos(eos_token_id, pad_token_id, config.vocab_size)
     xp = namespace(params["wte"])
     out = [int(t) for t in prompt]
     if max_new_tokens == 0:
         return numpy.asarray([out], dtype=numpy.int64), DecodeStats(0, ())
-    cache, iterations, blocks = _prefill(params, config, prompt), [], []
-    while len(out) < len(prompt) + max_new_tokens:
+    cache, iterations, blocks, ended = _prefill(params, config, prompt), [], [], False
+    while len(out) < len(prompt) + max_new_tokens and not ended:
         b = min(m, len(prompt) + max_new_tokens - len(out))
         t = len(out) - 1  # position of the last accepted token x_t
         guess = initial_guess(out[-1], b, config.vocab_size, rng)  # y^(0)
@@ -209,12 +231,14 @@ def jacobi_decode(params: dict, config: gpt.Config, prompt, max_new_tokens: int,
             new = [int(v) for v in to_numpy(sampling.greedy(logits))]  # y^(j)
             converged = new == guess
             guess = new
-            if converged or j == b:
+            if converged or j == b or cut_at_eos(guess[:j], eos)[1]:  # y^(j)_{<j} is final
                 break
+        block, ended = cut_at_eos(guess, eos)
         iterations.append(j)
-        blocks.append(b)
-        cache = commit(cache, keys, values, range(b))
-        out += guess
+        blocks.append(len(block))
+        if not ended:
+            cache = commit(cache, keys, values, range(b))
+        out += block
     return numpy.asarray([out], dtype=numpy.int64), DecodeStats(sum(iterations), tuple(blocks), tuple(iterations))
 
 
@@ -386,12 +410,23 @@ def point_mass_branches(target, prefix, candidates):
     return out
 
 
-def exact_output_distribution(target, candidates, prefix, length: int, vocab_size: int):
+def _padded(tokens: tuple, length: int, pad) -> tuple:
+    """The first `length` tokens, pad after an ended sequence's last token."""
+    return tuple(tokens[:length]) + (pad,) * (length - len(tokens))
+
+
+def exact_output_distribution(target, candidates, prefix, length: int, vocab_size: int, *, eos_token_id=None,
+                              pad_token_id=None):  # fmt: skip
     """The exact probability of every sequence of the first `length` emitted tokens when
     point-mass verification steps are repeated from `prefix`, each step's drafts given by
     candidates(seq) -> list of token tuples of one length (the n-gram pool's role).
     -> (V,)*length float64; equal to the target's chain rule (module docstring: the proof).
+    With eos_token_id, each step's emitted tokens are cut after the first eos as
+    `lookahead_decode` cuts them (`cut_at_eos`), the sequence stops there and the positions
+    after it hold pad_token_id (default: the first eos id); then it equals
+    `chain_rule_distribution(..., eos_token_id=..., pad_token_id=...)`.
     """
+    eos, pad = check_eos(eos_token_id, pad_token_id, vocab_size)
     table = numpy.zeros((vocab_size,) * length)
 
     def walk(seq, prob):
@@ -399,18 +434,29 @@ def exact_output_distribution(target, candidates, prefix, length: int, vocab_siz
             table[tuple(seq[len(prefix) : len(prefix) + length])] += prob
             return
         for emitted, p in point_mass_branches(target, seq, list(candidates(tuple(seq)))):
-            walk(tuple(seq) + tuple(emitted), prob * p)
+            block, ended = cut_at_eos(emitted, eos)
+            if ended:  # the sequence stops at its eos
+                table[_padded(tuple(seq[len(prefix) :]) + block, length, pad)] += prob * p
+            else:
+                walk(tuple(seq) + block, prob * p)
 
     walk(tuple(prefix), 1.0)
     return table
 
 
-def chain_rule_distribution(target, prefix, length: int, vocab_size: int):
-    """p(x_1..x_length | prefix) = prod_i target(prefix, x_<i)[x_i] for every sequence -> (V,)*length."""
+def chain_rule_distribution(target, prefix, length: int, vocab_size: int, *, eos_token_id=None, pad_token_id=None):
+    """p(x_1..x_length | prefix) = prod_i target(prefix, x_<i)[x_i] for every sequence -> (V,)*length.
+    With eos_token_id, a sequence stops at its first eos x_e: p(x_1..x_e, pad, .., pad) =
+    prod_{i <= e} target(prefix, x_<i)[x_i]; a sequence with a non-pad token after its first
+    eos has probability 0 (pad_token_id: default the first eos id)."""
+    eos, pad = check_eos(eos_token_id, pad_token_id, vocab_size)
     table = numpy.zeros((vocab_size,) * length)
     for seq in itertools.product(range(vocab_size), repeat=length):
+        head, _ = cut_at_eos(seq, eos)
+        if _padded(head, length, pad) != seq:  # something other than pad after the eos
+            continue
         prob = 1.0
-        for i in range(length):
+        for i in range(len(head)):
             prob *= float(target(tuple(prefix) + seq[:i])[seq[i]])
         table[seq] = prob
     return table
@@ -433,7 +479,8 @@ def check_lookahead_args(window, ngram, candidates, u, max_new_tokens):
 
 
 def lookahead_decode(params: dict, config: gpt.Config, prompt, max_new_tokens: int, *, window: int = 4,
-                     ngram: int = 3, candidates: int = 4, u=None, prompt_ngrams: bool = False, rng=None):  # fmt: skip
+                     ngram: int = 3, candidates: int = 4, u=None, prompt_ngrams: bool = False, rng=None,
+                     eos_token_id=None, pad_token_id=None):  # fmt: skip
     """Lookahead decoding (Fu et al. 2024): one forward pass per step over the lookahead
     window and up to `candidates` pooled n-grams (module docstring; `lookahead_layout`).
 
@@ -444,12 +491,15 @@ def lookahead_decode(params: dict, config: gpt.Config, prompt, max_new_tokens: i
     distribution of ancestral sampling. prompt_ngrams: start the pool with the prompt's
     n-grams. rng: draws the window's first level from the prompt (`initial_window`).
     Candidates are cut to the tokens still wanted; the lookahead branch is skipped in a
-    step whose window would reach past block_size.
-    -> (tokens (1, T0 + max_new_tokens) int64, DecodeStats).
+    step whose window would reach past block_size. eos_token_id (an id or a sequence of ids
+    in [0, V)): decoding stops at the first eos emitted, kept, the rest of that step's emitted
+    tokens discarded; pad_token_id: checked, unused (module docstring).
+    -> (tokens (1, T0 + n) int64, n <= max_new_tokens (< with an eos), DecodeStats).
     """
     gpt.check_params(params, config)
     W, N, G, u = check_lookahead_args(window, ngram, candidates, u, max_new_tokens)
     prompt = check_prompt(prompt, config, max_new_tokens)
+    eos, _ = check_eos(eos_token_id, pad_token_id, config.vocab_size)
     T0 = len(prompt)
     out = [int(t) for t in prompt]
     if max_new_tokens == 0:
@@ -476,6 +526,11 @@ def lookahead_decode(params: dict, config: gpt.Config, prompt, max_new_tokens: i
         else:
             g, a, emitted = verify_point_mass(lambda g, i: to_numpy(sampling.probs(logits[row(g, i)])), cands,
                                               u[len(out) - T0 : len(out) - T0 + n + 1])  # fmt: skip
+        emitted, ended = cut_at_eos(emitted, eos)
+        if ended:  # the sequence ends: no cache, window or pool to update
+            out += emitted
+            per_step.append(len(emitted))
+            break
         keep = [0] + [row(g, i + 1) for i in range(a)]
         cache = commit(cache, keys, values, keep)
         if run_window:

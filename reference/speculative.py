@@ -44,6 +44,20 @@ from the same numbers. One step consumes one row u of UNIFORMS_PER_STEP(k) = 2k 
 cumsum(w)_i > u * sum(w), on nonnegative weights w (so the residual needs no normalization);
 when rounding leaves no such i, the last i with w_i > 0.
 
+End of sequence (the convention of every decoder here, HF's): `eos_token_id` is None, a token
+id, or a sequence of ids (several ends); `pad_token_id` (default: the first eos id) fills what
+follows an end. `generate` stops at the first eos it *emits* (one in the prefix does not
+count): that eos is kept, the tokens after it in the same step's block (accepted drafts, the
+residual/bonus token) are discarded, and nothing more is emitted. Cutting is a deterministic
+function of the emitted stream, so the output stays exact: with y the stream without eos,
+
+    P(output = y_1..y_e, pad..pad) = prod_{t <= e} p(y_t | prefix, y_<t)     (y_e the first eos)
+
+the target's chain rule stopped at its first eos (`target_distribution` and
+`exact_output_distribution` with eos_token_id enumerate both sides). `check_eos` (the checks of
+reference.generation, which plain generation uses) and `cut_at_eos` are the rules every decoder
+here shares (reference/medusa.py, reference/parallel_decoding.py, and the fast twins).
+
 Also: `exact_output_distribution` (the oracle: the probability of every sequence of the first
 `length` emitted tokens by enumerating every proposal and accept/reject branch),
 `acceptance_rate`, `expected_tokens_per_step`, `expected_speedup` (the paper's analysis).
@@ -55,7 +69,7 @@ import math
 
 import numpy
 
-from chainrule.reference import gpt, sampling
+from chainrule.reference import generation, gpt, sampling
 from chainrule.reference.xp import namespace
 
 # Input probability vectors must sum to 1 within this (they are probabilities, not weights).
@@ -119,6 +133,28 @@ def _probs_of(model, name: str, seq, V: int | None):
         raise ValueError(f"{name}({list(map(int, seq))}){str(error)[len(name):]}") from None
 
 
+def check_eos(eos_token_id, pad_token_id, vocab_size: int):
+    """The end-of-sequence arguments of every decoder here (speculative, Medusa, Jacobi, lookahead),
+    checked as reference.generation checks them for plain generation
+    -> (eos ids: a tuple, empty for None; pad id: pad_token_id, else the first eos id, else None).
+
+    eos_token_id: None, a token id, or a non-empty sequence of token ids; pad_token_id: None or a
+    token id; token ids are ints in [0, vocab_size). Else ValueError whose message starts with
+    the argument's name ("eos_token_id: ...", "pad_token_id: ...")."""
+    eos = generation.check_token_ids(eos_token_id, vocab_size, "eos_token_id")
+    return eos, generation.check_pad(pad_token_id, eos, vocab_size)
+
+
+def cut_at_eos(tokens, eos) -> tuple[tuple[int, ...], bool]:
+    """A block of emitted tokens cut after its first eos -> (tokens up to and including it, True),
+    or (all the tokens, False) when it holds none.  eos: a tuple of ids (empty: never ends)."""
+    tokens = tuple(int(t) for t in tokens)
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1], True
+    return tokens, False
+
+
 # ----------------------------------------------------------------------------- one step
 
 
@@ -168,7 +204,11 @@ def speculative_step(target, draft, prefix, k: int, rng=None, *, u=None):
     _models(target, draft)
     k = _check_k(k)
     u = _uniforms(k, rng, u)
-    seq = _check_prefix(prefix)
+    return _step(target, draft, _check_prefix(prefix), k, u)[0]
+
+
+def _step(target, draft, seq, k: int, u):
+    """speculative_step on checked arguments -> (emitted tokens (n,) int64, V)."""
     xp = namespace(seq)
     drafted, qs = [], []
     for i in range(k):  # draft k tokens, each from the q it was drawn from
@@ -184,37 +224,59 @@ def speculative_step(target, draft, prefix, k: int, rng=None, *, u=None):
         x, q = drafted[i], qs[i]
         if not float(u[k + i]) < float(p[x]) / float(q[x]):  # rejected: emit from the residual
             y = inverse_cdf(residual(p, q), float(u[2 * k]))
-            return xp.asarray(drafted[:i] + [y], dtype=xp.int64)
+            return xp.asarray(drafted[:i] + [y], dtype=xp.int64), V
     p = _probs_of(target, "target", seq, V)  # all k accepted: the bonus token from p_{k+1}
-    return xp.asarray(drafted + [inverse_cdf(p, float(u[2 * k]))], dtype=xp.int64)
+    return xp.asarray(drafted + [inverse_cdf(p, float(u[2 * k]))], dtype=xp.int64), V
 
 
-def generate(target, draft, prefix, k: int, max_new_tokens: int, rng=None, *, u=None):
-    """Speculative generation: steps until max_new_tokens are emitted (the last block truncated)
-    -> (tokens (T + max_new_tokens,) int64: the prefix then the new tokens,
-        accepted (steps,) int64: draft tokens accepted at each step, in 0..k).
+def generate(target, draft, prefix, k: int, max_new_tokens: int, rng=None, *, u=None, eos_token_id=None,
+             pad_token_id=None):  # fmt: skip
+    """Speculative generation of one sequence: steps until max_new_tokens are emitted (the last
+    block cut to them) or an eos is emitted
+    -> (tokens (T + n,) int64: the prefix then the n <= max_new_tokens new tokens,
+        accepted (steps,) int64: draft tokens accepted at each step run, in 0..k).
 
     Randomness: rng, or u (max_new_tokens, 2k + 1): step s consumes row u[s] (each step emits at
     least one token, so there are at most max_new_tokens steps; unused rows are ignored).
+    End of sequence (module docstring): eos_token_id (an id or a sequence of ids in [0, V)) ends
+    the sequence at the first eos emitted, kept as the last token (n < max_new_tokens then); the
+    tokens after it in that step's block are discarded. accepted[s] is what step s's
+    verification accepted, counting accepted drafts that a cut (at eos or at max_new_tokens)
+    discarded. pad_token_id (default the first eos id) is checked but unused: one sequence
+    needs no padding (fast.speculative pads a batch with it). The range [0, V) is checked once
+    the models have given V (with max_new_tokens = 0 and an eos or pad id: one target call).
     """
     k = _check_k(k)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, numpy.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     seq = _check_prefix(prefix)
+    _models(target, draft)
+    if (rng is None) == (u is None):
+        raise ValueError("rng, u: expected exactly one of a numpy Generator and explicit uniforms")
+    if u is None and not isinstance(rng, numpy.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
     if u is not None:
         u = numpy.asarray(u, dtype=numpy.float64) if not hasattr(u, "ndim") else u
         if tuple(u.shape) != (max_new_tokens, 2 * k + 1):
             raise ValueError(f"u: expected shape {(max_new_tokens, 2 * k + 1)} = (max_new_tokens, 2k + 1), "
                              f"got {tuple(u.shape)}")  # fmt: skip
+        if not bool(namespace(u).all((u >= 0) & (u < 1))):  # every row, used or not (as fast.speculative)
+            raise ValueError(f"u: expected uniforms in [0, 1), got {u.tolist()}")
     xp = namespace(seq)
-    T0, accepted, s = seq.shape[0], [], 0
-    while seq.shape[0] - T0 < max_new_tokens:
-        row = None if u is None else u[s]
-        emitted = speculative_step(target, draft, seq, k, rng if u is None else None, u=row)
+    T0, accepted, s, ended = seq.shape[0], [], 0, False
+    eos = ()
+    if max_new_tokens == 0 and (eos_token_id is not None or pad_token_id is not None):  # V from one target call
+        check_eos(eos_token_id, pad_token_id, _probs_of(target, "target", seq, None).shape[0])
+    while seq.shape[0] - T0 < max_new_tokens and not ended:
+        row = _uniforms(k, rng, None) if u is None else _uniforms(k, None, u[s])
+        emitted, V = _step(target, draft, seq, k, row)
+        if s == 0:  # the models have given V
+            eos, _ = check_eos(eos_token_id, pad_token_id, V)
         accepted.append(emitted.shape[0] - 1)
-        seq = xp.concatenate([seq, emitted])
+        block, ended = cut_at_eos(emitted[: max_new_tokens - (seq.shape[0] - T0)].tolist(), eos)
+        seq = xp.concatenate([seq, xp.asarray(block, dtype=xp.int64)])
         s += 1
-    return seq[: T0 + max_new_tokens], xp.asarray(accepted, dtype=xp.int64)
+    return seq, xp.asarray(accepted, dtype=xp.int64)
 
 
 # ----------------------------------------------------------------------------- the exact distribution
@@ -265,7 +327,14 @@ def _step_branches(target, draft, seq: tuple, k: int, need: int):
     return out
 
 
-def exact_output_distribution(target, draft, prefix, k: int, length: int):
+def _check_length(length) -> int:
+    if isinstance(length, bool) or not isinstance(length, (int, numpy.integer)) or length < 1:
+        raise ValueError(f"length: expected an int >= 1, got {length!r}")
+    return int(length)
+
+
+def exact_output_distribution(target, draft, prefix, k: int, length: int, *, eos_token_id=None,
+                              pad_token_id=None):  # fmt: skip
     """The exact probability of every sequence of the first `length` tokens speculative decoding
     emits after prefix -> (V,) * length float64 array, P[y_1, ..., y_length].
 
@@ -273,21 +342,27 @@ def exact_output_distribution(target, draft, prefix, k: int, length: int):
     as it takes to emit `length` tokens (module docstring: the step; the probability of a
     proposal x is q(x), of its acceptance min(1, p(x)/q(x))). This is the oracle of the method:
     it equals the target's chain rule `target_distribution(target, prefix, length)`, to rounding.
+    With eos_token_id, each step's block is cut after its first eos as `generate` cuts it
+    (`cut_at_eos`) and the positions after the eos hold pad_token_id (default: the first eos id):
+    then it equals `target_distribution(..., eos_token_id=..., pad_token_id=...)`.
     Cost: O((V * 2)^length) model calls at most (memoized), for tiny V and length.
     """
     _models(target, draft)
     k = _check_k(k)
-    if isinstance(length, bool) or not isinstance(length, (int, numpy.integer)) or length < 1:
-        raise ValueError(f"length: expected an int >= 1, got {length!r}")
+    length = _check_length(length)
     seq = tuple(int(t) for t in _check_prefix(prefix))
     t_memo, d_memo = _Memo(target, "target"), _Memo(draft, "draft")
     V = t_memo(seq).shape[0]
+    eos, pad = check_eos(eos_token_id, pad_token_id, V)
     d_memo.V = V
     out = numpy.zeros((V,) * length)
 
     def emit(s: tuple, emitted: tuple, prob: float):
         for block, pb in _step_branches(t_memo, d_memo, s, k, length - len(emitted)):
-            if len(emitted) + len(block) == length:
+            block, ended = cut_at_eos(block, eos)
+            if ended:  # the sequence stops: pad after its eos
+                out[emitted + block + (pad,) * (length - len(emitted) - len(block))] += prob * pb
+            elif len(emitted) + len(block) == length:
                 out[emitted + block] += prob * pb
             else:
                 emit(s + block, emitted + block, prob * pb)
@@ -296,22 +371,30 @@ def exact_output_distribution(target, draft, prefix, k: int, length: int):
     return out
 
 
-def target_distribution(target, prefix, length: int):
+def target_distribution(target, prefix, length: int, *, eos_token_id=None, pad_token_id=None):
     """The target's own distribution of the next `length` tokens by the chain rule ->
-    (V,) * length float64: P[y_1..y_n] = prod_t target(prefix + y_<t)[y_t]."""
+    (V,) * length float64: P[y_1..y_n] = prod_t target(prefix + y_<t)[y_t].
+
+    With eos_token_id (an id or several), the sequence stops at its first eos y_e:
+    P[y_1..y_e, pad, .., pad] = prod_{t <= e} target(prefix + y_<t)[y_t], and every sequence
+    with a non-pad token after its first eos has probability 0 (pad_token_id: default the
+    first eos id)."""
     if not callable(target):
         raise TypeError(f"target: expected a callable seq -> probabilities (V,), got {type(target).__name__}")
-    if isinstance(length, bool) or not isinstance(length, (int, numpy.integer)) or length < 1:
-        raise ValueError(f"length: expected an int >= 1, got {length!r}")
+    length = _check_length(length)
     memo = _Memo(target, "target")
     seq = tuple(int(t) for t in _check_prefix(prefix))
     V = memo(seq).shape[0]
+    eos, pad = check_eos(eos_token_id, pad_token_id, V)
     out = numpy.zeros((V,) * length)
     for ys in numpy.ndindex(*out.shape):
         prob = 1.0
         for t in range(length):
             prob *= memo(seq + ys[:t])[ys[t]]
             if prob == 0:
+                break
+            if ys[t] in eos:  # the end: what follows must be padding
+                prob = prob if all(y == pad for y in ys[t + 1 :]) else 0.0
                 break
         out[ys] = prob
     return out

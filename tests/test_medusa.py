@@ -93,6 +93,55 @@ def test_zero_new_tokens():
     np.testing.assert_array_equal(fast_out.numpy(), prompt)
 
 
+# ----------------------------------------------------------------------------- end of sequence
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eos_token_id=7), "eos_token_id:"), (dict(eos_token_id=-1), "eos_token_id:"),
+    (dict(eos_token_id=2.0), "eos_token_id:"), (dict(eos_token_id=True), "eos_token_id:"),
+    (dict(eos_token_id=[]), "eos_token_id:"), (dict(eos_token_id=(1, 7)), "eos_token_id:"),
+    (dict(eos_token_id=1, pad_token_id=7), "pad_token_id:"), (dict(pad_token_id=-2), "pad_token_id:"),
+    (dict(eos_token_id=1, pad_token_id="0"), "pad_token_id:"),
+])  # fmt: skip
+@pytest.mark.parametrize("max_new_tokens", [0, 3])
+def test_bad_eos_refused_by_reference_and_fast(kwargs, match, max_new_tokens):
+    params, config, heads = _model()
+    prompt = np.zeros((2, 3), dtype=np.int64)
+    for m in (medusa, fast_medusa):
+        with pytest.raises(ValueError, match=f"^{match}"):
+            m.generate(params, BASE, heads, config, prompt, max_new_tokens, [(0,), (0, 0)], **kwargs)
+
+
+def test_eos_ends_rows_pads_and_stops_forwards():
+    """Greedy Medusa with eos = a token greedy decoding emits: each row is greedy decoding up to
+    its first new eos, then pad; an eos in the prompt does not count; a row that ended runs no
+    more tree forwards (its accept lengths are the first ones of the run without eos)."""
+    params, config, heads = _model(n_heads=2, seed=2)
+    prompt = np.array([[1, 2, 3], [4, 5, 6], [0, 1, 2]])
+    choices = [(0,), (1,), (0, 0), (1, 0)]
+    N = 10
+    greedy = ref_gpt.greedy(params, BASE, prompt, N)
+    eos = int(greedy[0, 3 + 2])  # row 0 ends at its third new token (or earlier)
+    full, full_a = medusa.generate(params, BASE, heads, config, prompt, N, choices)
+    for m in (medusa, fast_medusa):
+        out, a = m.generate(params, BASE, heads, config, prompt, N, choices, eos_token_id=[eos], pad_token_id=6)
+        out = np.asarray(out)
+        ends = []
+        for b in range(3):
+            hits = [t for t in range(3, 3 + N) if greedy[b, t] == eos]
+            end = hits[0] + 1 if hits else 3 + N
+            ends.append(end)
+            np.testing.assert_array_equal(out[b, :end], greedy[b, :end])
+            assert (out[b, end:] == 6).all()
+            np.testing.assert_array_equal(a[b], full_a[b][: len(a[b])])
+        assert out.shape == (3, max(ends)) and ends[0] <= 6
+        assert len(a[0]) < len(full_a[0]), "row 0 ended early: it must run fewer tree forwards"
+    assert 1 in prompt[0] and 1 not in greedy[0, 3:].tolist()  # an eos in the prompt only: no end
+    for m in (medusa, fast_medusa):
+        out, _ = m.generate(params, BASE, heads, config, prompt[:1], N, choices, eos_token_id=1)
+        np.testing.assert_array_equal(np.asarray(out), greedy[:1])
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -158,3 +158,51 @@ def test_zero_new_tokens_returns_the_prompt(impl):
     for tokens, stats in (impl.lookahead_decode(P, CONFIG, np.array([[1, 2]]), 0),
                           impl.jacobi_decode(P, CONFIG, np.array([[1, 2]]), 0, 3)):  # fmt: skip
         assert np.asarray(tokens).tolist() == [[1, 2]] and stats.forwards == 0
+
+
+# ----------------------------------------------------------------------------- end of sequence
+
+
+@pytest.mark.parametrize("impl", [pd, fpd], ids=["reference", "fast"])
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eos_token_id=11), "eos_token_id:"), (dict(eos_token_id=-1), "eos_token_id:"),
+    (dict(eos_token_id=3.0), "eos_token_id:"), (dict(eos_token_id=False), "eos_token_id:"),
+    (dict(eos_token_id=()), "eos_token_id:"), (dict(eos_token_id=[2, 11]), "eos_token_id:"),
+    (dict(eos_token_id=2, pad_token_id=11), "pad_token_id:"), (dict(pad_token_id=-1), "pad_token_id:"),
+])  # fmt: skip
+@pytest.mark.parametrize("max_new_tokens", [0, 3])
+def test_bad_eos_refused(impl, kwargs, match, max_new_tokens):
+    P = PARAMS if impl is pd else fb.to_torch(PARAMS, "cpu", torch.float64)
+    prompt = np.array([[1, 2]])
+    with pytest.raises(ValueError, match=f"^{match}"):
+        impl.jacobi_decode(P, CONFIG, prompt, max_new_tokens, 2, **kwargs)
+    with pytest.raises(ValueError, match=f"^{match}"):
+        impl.lookahead_decode(P, CONFIG, prompt, max_new_tokens, **kwargs)
+    with pytest.raises(ValueError, match=f"^{match}"):
+        impl.lookahead_decode(P, CONFIG, prompt, max_new_tokens, candidates=1, u=np.zeros((1, max_new_tokens, 2)),
+                              **kwargs)  # fmt: skip
+    if impl is pd:
+        with pytest.raises(ValueError, match=f"^{match}"):
+            pd.exact_output_distribution(lambda s: np.ones(11) / 11, lambda s: [], (), 1, 11, **kwargs)
+        with pytest.raises(ValueError, match=f"^{match}"):
+            pd.chain_rule_distribution(lambda s: np.ones(11) / 11, (), 1, 11, **kwargs)
+
+
+@pytest.mark.parametrize("impl", [pd, fpd], ids=["reference", "fast"])
+def test_jacobi_stops_iterating_once_an_eos_is_final(impl):
+    """From random guesses a block of 7 takes several iterations (see above); with eos = the greedy
+    token at new position e, the first block stops after at most e + 1 iterations (y^(j)_{<j} is
+    final), emits e + 1 tokens, and decoding ends there."""
+    P = PARAMS if impl is pd else fb.to_torch(PARAMS, "cpu", torch.float64)
+    prompt = np.array([[1, 2, 3]])
+    greedy = ref_gpt.greedy(PARAMS, CONFIG, prompt, 21)[0, 3:].tolist()
+    _, full = pd.jacobi_decode(PARAMS, CONFIG, prompt, 21, 7, rng=np.random.default_rng(0))
+    for e in range(3):
+        if greedy[e] in greedy[:e]:
+            continue
+        tokens, stats = impl.jacobi_decode(P, CONFIG, prompt, 21, 7, rng=np.random.default_rng(0),
+                                           eos_token_id=greedy[e])  # fmt: skip
+        assert np.asarray(tokens)[0].tolist() == [1, 2, 3] + greedy[: e + 1]
+        assert stats.tokens_per_step == (e + 1,) and stats.iterations[0] <= e + 1 < full.iterations[0]
+    tokens, stats = impl.lookahead_decode(P, CONFIG, prompt, 21, eos_token_id=greedy[0])
+    assert np.asarray(tokens)[0].tolist() == [1, 2, 3, greedy[0]] and stats.forwards == 1

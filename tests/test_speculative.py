@@ -233,3 +233,101 @@ def test_fast_nan_logits_raise():
     bad["ln_f.g"] = params["ln_f.g"] * np.nan
     with pytest.raises(ValueError, match="draft logits: contains NaN"):
         fsp.generate((params, config), (bad, config), np.array([[1]]), 1, 2, np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------- end of sequence
+
+
+def test_generate_stops_at_the_first_eos_by_hand():
+    u = np.tile([0.5, 0.1, 0.1, 0.999, 0.85], (6, 1))  # every step emits [2, 0, 2] (see above)
+    tokens, accepted = sp.generate(const(P), const(Q), np.array([1]), 2, 6, u=u, eos_token_id=0)
+    assert tokens.tolist() == [1, 2, 0]  # the eos kept, the bonus token 2 after it discarded
+    assert accepted.tolist() == [2]  # one step ran; it accepted both drafts
+    tokens, _ = sp.generate(const(P), const(Q), np.array([1]), 2, 6, u=u, eos_token_id=[1, 2])
+    assert tokens.tolist() == [1, 2]  # several eos ids: the first one emitted ends it
+    tokens, accepted = sp.generate(const(P), const(Q), np.array([0]), 2, 6, u=u, eos_token_id=1)
+    assert tokens.tolist() == [0, 2, 0, 2, 2, 0, 2] and accepted.tolist() == [2, 2]  # 1 never emitted
+    tokens, _ = sp.generate(const(P), const(Q), np.array([0]), 2, 6, u=u, eos_token_id=0)
+    assert tokens.tolist() == [0, 2, 0]  # an eos in the prefix does not end the sequence
+    tokens, accepted = sp.generate(const(P), const(Q), np.array([1]), 2, 4, u=u[:4], eos_token_id=2, pad_token_id=1)
+    assert tokens.tolist() == [1, 2] and accepted.tolist() == [2]
+
+
+def test_exact_distribution_with_eos_by_hand():
+    """V = 3, eos = 2, length 2: P[2, pad] = p(2); P[x, y] = p(x) p(y) for x != 2; P[2, y != pad] = 0."""
+    for pad in (None, 0):
+        exact = sp.exact_output_distribution(const(P), const(Q), [0], 2, 2, eos_token_id=2, pad_token_id=pad)
+        truth = sp.target_distribution(const(P), [0], 2, eos_token_id=2, pad_token_id=pad)
+        want = np.outer(P, P)
+        want[2] = 0.0
+        want[2, 2 if pad is None else pad] = P[2]
+        np.testing.assert_allclose(truth, want, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(exact, want, rtol=0, atol=1e-15)
+
+
+def _bad_eos_cases():
+    return [(dict(eos_token_id=V), "eos_token_id:"), (dict(eos_token_id=-1), "eos_token_id:"),
+            (dict(eos_token_id=1.0), "eos_token_id:"), (dict(eos_token_id=True), "eos_token_id:"),
+            (dict(eos_token_id=[]), "eos_token_id:"), (dict(eos_token_id=[0, V]), "eos_token_id:"),
+            (dict(eos_token_id="0"), "eos_token_id:"), (dict(eos_token_id=0, pad_token_id=V), "pad_token_id:"),
+            (dict(pad_token_id=-1), "pad_token_id:"), (dict(eos_token_id=1, pad_token_id=0.5), "pad_token_id:")]  # fmt: skip
+
+
+@pytest.mark.parametrize("kwargs, match", _bad_eos_cases())
+@pytest.mark.parametrize("max_new_tokens", [0, 3])
+def test_bad_eos_refused_by_reference_and_fast(kwargs, match, max_new_tokens):
+    config = gpt.Config(vocab_size=V, block_size=9, n_layer=1, n_head=1, n_embd=3)
+    params = gpt.random_params(config, np.random.default_rng(0))
+    model = sp.gpt_model(params, config)
+    with pytest.raises(ValueError, match=f"^{match}"):
+        sp.generate(model, model, np.array([1, 2]), 2, max_new_tokens, np.random.default_rng(0), **kwargs)
+    with pytest.raises(ValueError, match=f"^{match}"):
+        fsp.generate((params, config), (params, config), np.array([[1, 2]]), 2, max_new_tokens,
+                     np.random.default_rng(0), **kwargs)  # fmt: skip
+    with pytest.raises(ValueError, match=f"^{match}"):
+        sp.exact_output_distribution(const(P), const(Q), [0], 1, 1, **kwargs)
+    with pytest.raises(ValueError, match=f"^{match}"):
+        sp.target_distribution(const(P), [0], 1, **kwargs)
+
+
+class _RowCounter:
+    """A processor (identity) recording how many rows of logits each call sees."""
+
+    def __init__(self):
+        self.rows = []
+
+    def __call__(self, logits):
+        self.rows.append(logits.shape[0])
+        return logits
+
+
+def test_fast_eos_pads_stops_and_drops_finished_rows():
+    """Rows ending at different steps: each row is the reference's row then pad; generation stops
+    when the last row ends; a row that ended is no longer computed (the processors see fewer rows)."""
+    config = gpt.Config(vocab_size=V, block_size=40, n_layer=1, n_head=1, n_embd=3)
+    rng = np.random.default_rng(12)
+    target = gpt.random_params(config, rng)
+    draft = {n: w + 0.3 * rng.normal(size=w.shape) for n, w in target.items()}
+    B, T0, N, k, eos, pad = 4, 2, 30, 2, 2, 1  # the rows end after 2, 6, 7 and 11 steps
+    prompt = rng.integers(0, V, (B, T0))
+    u = rng.random((B, N, 2 * k + 1))
+    counter = _RowCounter()
+    tokens, accepted = fsp.generate((target, config), (draft, config), prompt, k, N, u=u, eos_token_id=eos,
+                                    pad_token_id=pad, processors=[counter])  # fmt: skip
+    t_model, d_model = sp.gpt_model(target, config), sp.gpt_model(draft, config)
+    rows = [sp.generate(t_model, d_model, prompt[b], k, N, u=u[b], eos_token_id=eos) for b in range(B)]
+    lengths = [r[0].shape[0] for r in rows]
+    assert len(set(lengths)) > 1 and max(lengths) < T0 + N, f"the case must end rows early, at different steps: {lengths}"
+    assert tokens.shape == (B, max(lengths))
+    for b, (want, want_accepted) in enumerate(rows):
+        assert tokens[b, : len(want)].tolist() == want.tolist()
+        assert int(want[-1]) == eos and eos not in want[T0:-1].tolist()
+        assert (tokens[b, len(want) :] == pad).all()
+        got = accepted[b].numpy()
+        assert got[: len(want_accepted)].tolist() == want_accepted.tolist() and (got[len(want_accepted) :] == -1).all()
+    assert accepted.shape[1] == max(len(r[1]) for r in rows)  # the steps run: until the last row ended
+    # k draft calls and 1 target call per step: after the first row ends, the calls see fewer rows
+    per_step = [counter.rows[i : i + k + 1] for i in range(0, len(counter.rows), k + 1)]
+    live = [sum(len(r[1]) > s for r in rows) for s in range(accepted.shape[1])]
+    assert [step[0] for step in per_step] == live, (per_step, live)  # the draft's first call: one row per live row
+    assert [step[-1] for step in per_step] == [n * (k + 1) for n in live]  # the target pass: k + 1 rows per live row
