@@ -2,9 +2,11 @@
 reference.sampling vs fast.sampling (on CuPy: the reference itself).
 
 Four kinds of logits (random with a -inf column, tie-heavy, -inf-heavy, |x| ~ 1e4): kept
-sets of every filter exactly, the rescaling processors' values under the tolerance
-table, tokens drawn after the whole processor chain from shared uniforms exactly, and
-the sampler's distribution (chi-square goodness of fit).
+sets of every filter exactly; under the tolerance table the values of the rescaling
+processors and of the history processors (penalties, n-gram and bad-word bans, biases, length
+constraints, forced and suppressed tokens, on token histories with repeats); tokens drawn
+after the whole processor chain from shared uniforms exactly; and the sampler's distribution
+(chi-square goodness of fit).
 """
 
 from __future__ import annotations
@@ -30,6 +32,23 @@ SAMPLING_FILTERS = (
 )  # fmt: skip
 SAMPLING_CHAIN = {"static_repetition_penalty": {"penalty": 1.2}, "temperature": 0.8, "top_k": 20, "top_p": 0.95,
                   "min_p": 0.01, "typical": 0.97, "epsilon": 1e-4, "eta": 1e-4}  # fmt: skip
+# The processors that read the history (and two that do not), on ids with repeats: (name, settings).
+SAMPLING_HISTORY_IDS = (3, 10)  # rows x tokens so far, ids in [0, 12)
+SAMPLING_HISTORY = (
+    ("repetition_penalty", {"penalty": 1.3}),
+    ("frequency_penalty", {"penalty": 0.4, "prompt_length": 2}),
+    ("presence_penalty", {"penalty": -0.3, "prompt_length": 2}),
+    ("no_repeat_ngram", {"n": 2}),
+    ("bad_words", {"bad_words_ids": [[5], [3, 7], [2, 2, 9]]}),
+    ("sequence_bias", {"sequence_bias": {(4,): -1.5, (3, 8): 2.0}}),
+    ("min_new_tokens", {"prompt_length": 4, "min_new_tokens": 9, "eos_token_id": [0, 1]}),
+    ("forced_eos", {"max_length": 11, "eos_token_id": 2}),
+    ("exponential_decay_length_penalty", {"start_index": 1, "decay_factor": 1.3, "prompt_length": 2,
+                                          "eos_token_id": 0}),
+    ("begin_suppress_tokens", {"tokens": [1, 2], "begin_index": 10}),
+    ("suppress_tokens", {"tokens": [3, 4]}),
+    ("logit_bias", {"bias": {5: 2.0, 7: -1.0}}),
+)  # fmt: skip
 SAMPLING_DRAWS = 400  # rows of apply-then-sample, one shared uniform each
 SAMPLING_GOF_N = 20000  # draws for the goodness-of-fit row
 SAMPLING_GOF_LOGITS = (0.5, -1.0, 2.0, -numpy.inf, 0.0, 1.5, -3.0)  # one token of probability 0
@@ -137,6 +156,14 @@ def sampling_checks(backend, quick=False):
         penalized = [side.sampling.repetition_penalty(side.array(x), side.array(context), penalty) for x in kinds.values()]
         got = numpy.concatenate([side.numpy(y) for y in penalized])
         yield checks.compare(f"repetition_penalty({penalty}) values", truth, got, dtype)
+    # the processors of the history (generate's protocol: logits and the tokens so far)
+    ids = numpy.random.default_rng(SAMPLING_SEED + 2).integers(0, 12, SAMPLING_HISTORY_IDS)
+    for name, settings in SAMPLING_HISTORY:
+        history = (ids,) if name in ref.HISTORY else ()
+        truth = numpy.concatenate([ref.PROCESSORS[name](seen[k], *history, **settings) for k in kinds])
+        got = numpy.concatenate([side.numpy(side.sampling.PROCESSORS[name](side.array(x), *map(side.array, history),
+                                                                             **settings)) for x in kinds.values()])  # fmt: skip
+        yield checks.compare(f"{name} values", truth, got, dtype)
     if quick:
         return
     from scipy import stats
