@@ -82,8 +82,6 @@ def test_bench_gpt_quick_writes_json(tmp_path):
     results = doc["notes"]["results"]
     assert [r["batch"] for r in results] == [1, 3, "3 padded"]
     assert all(r["roofline_tokens_per_s"] > 0 for r in results)
-    if results[-1]["hf_tokens_per_s"] is not None:  # the padded batch agrees with HF given the same mask
-        assert results[-1]["token_agreement"] == 1.0
 
 
 # ----------------------------------------------------------------------------- exit status, in process
