@@ -48,7 +48,7 @@ from chainrule.reference.gpt import Config, check_params, from_hf_gpt2, init, pa
 __all__ = [
     "Config", "param_shapes", "init", "check_params", "from_hf_gpt2", "to_hf_gpt2",
     "KVCache", "forward", "log_prob", "init_cache", "prefill", "step",
-    "generate", "greedy", "sample", "check_tokens", "checked_params",
+    "generate", "greedy", "sample", "beam_search", "check_tokens", "checked_params",
 ]  # fmt: skip
 
 ATTN_IMPLS = ("sdpa", "math")
@@ -589,7 +589,8 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = 
     Padded prompts (attention_mask) run with a per-row attention mask and positions; without
     padding the kernels are those of unpadded decoding. With eos or stop sequences a row that
     finishes leaves the batch (its KV cache rows are dropped), so it costs nothing more.
-    Returns (B', T0 + n) int64 on the params' device.
+    Returns (B', T0 + n) int64 on the params' device; with num_beams > 1, beam search through
+    the KV cache (fast.beam.gpt_beam_search), HF's layout (B * R, T0 + L) as the reference.
     """
     params = checked_params(params, config)
     wte = params["wte"]
@@ -597,8 +598,15 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = 
     run = generation.plan(generation_config, prompt.shape[1], config.vocab_size, max_new_tokens, processors, u,
                           table=sampling.PROCESSORS)  # fmt: skip
     N = run.max_new_tokens
-    if run.num_beams > 1:
-        raise ValueError("generation_config.num_beams: beam search runs in fast.beam.generate")
+    if run.num_beams > 1:  # HF's _beam_search: (B * R, T0 + L), each prompt's R best hypotheses
+        if run.sample:
+            raise ValueError("generation_config.do_sample: beam search here is deterministic (num_beams > 1 "
+                             "needs do_sample=False; HF's beam sampling is not supported)")
+        from chainrule.fast import beam  # fast.beam is built on this module: imported when used
+        return beam.as_generate_output(beam.gpt_beam_search(
+            params, config, prompt, run.num_beams, N, eos=run.eos_token_id or None, length_penalty=run.length_penalty,
+            early_stopping=run.early_stopping, num_return_sequences=run.num_return_sequences, pad=run.pad_token_id,
+            attention_mask=attention_mask, processors=run.processors, stop_sequences=run.stop_sequences))
     prompt = check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1), device=wte.device)
     mask = None if attention_mask is None else check_attention_mask(attention_mask, prompt.shape, wte.device)
     if run.num_return_sequences > 1:  # each prompt R times in a row, as HF's repeat_interleave
@@ -634,6 +642,19 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = 
         return fast_generation.decode(logits, next_logits, prompt, N, processors=run.processors, u=u,
                                       eos_token_id=run.eos_token_id, pad_token_id=run.pad_token_id,
                                       stop_sequences=run.stop_sequences, keep=keep)  # fmt: skip
+
+
+def beam_search(params: dict, config: Config, prompt, beam_width: int, max_new_tokens: int, *, eos=None,
+                length_penalty=1.0, early_stopping=False, num_return_sequences: int = 1, pad=None,
+                attention_mask=None, processors=(), stop_sequences=()):  # fmt: skip
+    """reference.gpt.beam_search through the KV cache: fast.beam.gpt_beam_search (the same
+    arguments, the same hypotheses; a BeamSearchResult of torch tensors)."""
+    from chainrule.fast import beam  # fast.beam is built on this module: imported when used
+
+    return beam.gpt_beam_search(params, config, prompt, beam_width, max_new_tokens, eos=eos,
+                                length_penalty=length_penalty, early_stopping=early_stopping,
+                                num_return_sequences=num_return_sequences, pad=pad, attention_mask=attention_mask,
+                                processors=processors, stop_sequences=stop_sequences)  # fmt: skip
 
 
 def greedy(params: dict, config: Config, prompt, max_new_tokens: int) -> torch.Tensor:

@@ -12,7 +12,13 @@
 - the callable interface works with any model (here a random trigram table), and
   the search is pure;
 - fast.beam (KV cache reordered between steps) returns the reference's hypotheses
-  on random tiny GPTs, prompts and settings (float64).
+  on random tiny GPTs, prompts and settings (float64), padded batches, several eos
+  ids, stop sequences and HF's processors included;
+- several eos ids, stop sequences and processors: with exhaustive width the hypotheses
+  are exactly those the finishing rule allows, scored by the processed log-probs;
+- a row of a padded batch (any 0/1 attention_mask) gets the beams of the row alone;
+- one beam under constraints that only remove tokens is greedy generate; generate with
+  num_beams > 1 is beam search's hypotheses in HF's (B * R, T0 + L) layout.
 Bad arguments raise ValueError naming the argument.
 """
 
@@ -23,31 +29,40 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 from properties.conftest import gpt_models, seeds
 from chainrule.fast import beam as fast_beam
-from chainrule.reference import beam
+from chainrule.fast import gpt as fast_gpt
+from chainrule.fast import sampling as fast_sampling
+from chainrule.reference import beam, generation
 from chainrule.reference import gpt as ref_gpt
 from chainrule.reference import nn
-from chainrule.reference.checks import assert_pure
+from chainrule.reference.checks import assert_close, assert_pure
+from chainrule.reference.generation import GenerationConfig
 
 EARLY = st.sampled_from([True, False, "never"])
 
 
 @st.composite
-def generic_gpts(draw):
-    """(config, params): a tiny GPT with n_embd >= 4. (With n_embd 1 or 2 LayerNorm leaves at
-    most two directions, the logits hardly depend on the input, and hypotheses that are
-    permutations of one another tie up to rounding -- where two float64 implementations may
-    legitimately order them differently.)"""
+def generic_gpts(draw, min_vocab=2, min_block_size=2):
+    """(config, params): a tiny GPT with n_embd >= 4, vocabulary min_vocab..7, block min_block_size..9. (With n_embd 1 or 2
+    LayerNorm leaves at most two directions, the logits hardly depend on the input, and hypotheses
+    that are permutations of one another tie up to rounding -- where two float64 implementations
+    may legitimately order them differently.)"""
     n_head, head_dim = draw(st.integers(1, 2)), draw(st.integers(2, 3))
-    vocab = draw(st.integers(2, 7))
-    config = ref_gpt.Config(vocab_size=vocab, block_size=draw(st.integers(2, 9)), n_layer=draw(st.integers(1, 2)),
+    vocab = draw(st.integers(min_vocab, 7))
+    config = ref_gpt.Config(vocab_size=vocab, block_size=draw(st.integers(min_block_size, 9)),
+                            n_layer=draw(st.integers(1, 2)),
                             n_head=n_head, n_embd=max(4, n_head * head_dim))  # fmt: skip
     return config, ref_gpt.random_params(config, np.random.default_rng(draw(seeds)))
 PENALTIES = st.sampled_from([1.0, 0.0, -0.5, 0.5, 2.0])
+
+
+def gpt_step_log_probs(params, config):
+    """A GPT as a `step_log_probs` callable: log softmax of the last position's logits, from scratch."""
+    return lambda prefixes: nn.log_softmax(ref_gpt.forward(params, config, prefixes)[:, -1], axis=-1)
 
 
 def trigram_model(V: int, seed: int):
@@ -118,7 +133,7 @@ def test_width_one_is_greedy(model, seed, N, lp, early, with_eos):
     T0 = int(rng.integers(1, config.block_size - N + 2))
     prompt = rng.integers(0, config.vocab_size, size=(2, T0))
     eos = int(rng.integers(0, config.vocab_size)) if with_eos else None
-    result = beam.gpt_beam_search(params, config, prompt, 1, N, eos=eos, length_penalty=lp, early_stopping=early)
+    result = ref_gpt.beam_search(params, config, prompt, 1, N, eos=eos, length_penalty=lp, early_stopping=early)
     greedy = ref_gpt.greedy(params, config, prompt, N)
     if eos is not None:
         greedy = _truncate_at_eos(greedy, T0, eos, pad=eos)
@@ -126,7 +141,7 @@ def test_width_one_is_greedy(model, seed, N, lp, early, with_eos):
     assert np.array_equal(result.sequences[:, 0], greedy[:, : T0 + L])
     assert np.all(greedy[:, T0 + L :] == (eos if eos is not None else -1))
     pad = eos if eos is not None else 0
-    check_well_formed(result, beam.gpt_step_log_probs(params, config), prompt, N, eos, lp, pad)
+    check_well_formed(result, gpt_step_log_probs(params, config), prompt, N, eos, lp, pad)
 
 
 @given(seeds, st.integers(2, 3), st.integers(1, 3), PENALTIES, EARLY, st.booleans(), st.integers(0, 2))
@@ -242,7 +257,7 @@ def test_fast_equals_reference(model, seed, W, lp, early, with_eos):
     prompt = rng.integers(0, config.vocab_size, size=(int(rng.integers(1, 4)), T0))
     kw = dict(eos=int(rng.integers(0, config.vocab_size)) if with_eos else None, length_penalty=lp,
               early_stopping=early, num_return_sequences=int(rng.integers(1, W + 1)))  # fmt: skip
-    truth = beam.gpt_beam_search(params, config, prompt, W, N, **kw)
+    truth = ref_gpt.beam_search(params, config, prompt, W, N, **kw)
     got = fast_beam.gpt_beam_search(params, config, prompt, W, N, **kw)
     assert np.array_equal(got.sequences.numpy(), truth.sequences)
     assert np.array_equal(got.lengths.numpy(), truth.lengths)
@@ -250,11 +265,210 @@ def test_fast_equals_reference(model, seed, W, lp, early, with_eos):
     assert np.allclose(got.log_probs.numpy(), truth.log_probs, rtol=1e-10, atol=1e-10)
 
 
+# ----------------------------------------------------------------------------- several eos ids, stop sequences, processors
+
+
+def _processed_log_prob(step_log_probs, processors, prompt_row, y):
+    """sum_t process(step_log_probs(prefix_t), prefix_t)[y_t]: the score beam search sums."""
+    total = 0.0
+    for t, token in enumerate(y):
+        prefix = np.concatenate([prompt_row, np.asarray(y[:t], dtype=np.int64)])[None, :]
+        logp = step_log_probs(prefix)
+        for process in processors:
+            logp = process(logp, prefix)
+        total += float(logp[0, token])
+    return total
+
+
+def _ends(ids, eos, stops):
+    return ids[-1] in eos or any(len(s) <= len(ids) and tuple(ids[len(ids) - len(s) :]) == s for s in stops)
+
+
+@given(seeds, st.integers(2, 3), st.integers(1, 3), PENALTIES, EARLY, st.booleans())
+def test_exhaustive_search_with_several_eos_stop_sequences_and_processors(seed, V, N, lp, early, with_processors):
+    """Exhaustive width: the hypotheses are exactly those the finishing rule allows (ending at the
+    first eos id or completed stop sequence, else of length N; a stop sequence may start in the
+    prompt), scored by the sum of the *processed* log-probs, those of score -inf absent."""
+    rng = np.random.default_rng(seed)
+    step_log_probs = trigram_model(V, seed)
+    prompt = rng.integers(0, V, size=(2, 2))
+    eos = (0, 1) if V == 3 else (1,)
+    stops = ((int(rng.integers(0, V)), int(rng.integers(0, V))),)
+    processors = []
+    if with_processors:  # a penalty (changes scores) and a constraint (removes candidates)
+        config = GenerationConfig(repetition_penalty=1.7, no_repeat_ngram_size=2, eos_token_id=eos)
+        processors = generation.plan(config, 2, V, N).processors
+    W = V**N
+    result = beam.beam_search(step_log_probs, prompt, W, N, eos=eos, length_penalty=lp, early_stopping=early,
+                              num_return_sequences=W, processors=processors, stop_sequences=stops)  # fmt: skip
+    for b in range(2):
+        row = tuple(int(t) for t in prompt[b])
+        hyps = []
+        for length in range(1, N + 1):
+            for y in itertools.product(range(V), repeat=length):
+                if any(_ends(row + y[: t + 1], eos, stops) for t in range(length - 1)):
+                    continue
+                if length < N and not _ends(row + y, eos, stops):
+                    continue
+                total = _processed_log_prob(step_log_probs, processors, prompt[b], y)
+                if total > -np.inf:
+                    hyps.append((y, total))
+        truth = sorted((s / float(len(y)) ** lp for y, s in hyps), reverse=True)
+        got = result.scores[b]
+        assert np.allclose(got[: len(truth)], truth, rtol=1e-12, atol=1e-12), (got, truth)
+        assert np.all(got[len(truth) :] == -np.inf)
+        for r in range(len(truth)):
+            y = tuple(int(t) for t in result.sequences[b, r, 2 : 2 + int(result.lengths[b, r])])
+            assert math.isclose(result.log_probs[b, r], _processed_log_prob(step_log_probs, processors, prompt[b], y),
+                                rel_tol=1e-12, abs_tol=1e-12)  # fmt: skip
+
+
+def _padded_sizes(rng, config, B_max=3):
+    """(N, T0, B) for a padded-batch search: N >= 2 new tokens (so the cache is reordered at least
+    once), T0 >= 2 prompt positions (so there is room for pads), T0 + N - 1 <= block_size."""
+    N = int(rng.integers(2, config.block_size - 1))
+    T0 = int(rng.integers(2, config.block_size - N + 2))
+    return N, T0, int(rng.integers(1, B_max + 1))
+
+
+def _random_mask(rng, B, T0):
+    """(B, T0) 0/1 with at least one 1 per row: left padding, right padding and holes alike."""
+    mask = rng.integers(0, 2, size=(B, T0))
+    mask[np.arange(B), rng.integers(0, T0, size=B)] = 1
+    return mask
+
+
+def _alone_processors(T0, V, N, eos):
+    """Processors that read the ids only through their length relative to the prompt (so a row
+    scores the same with or without its pads): suppress_tokens and min_new_tokens."""
+    config = GenerationConfig(suppress_tokens=[V - 1], min_new_tokens=1, eos_token_id=eos)
+    return generation.plan(config, T0, V, N).processors, generation.plan(config, T0, V, N,
+                                                                           table=fast_sampling.PROCESSORS).processors
+
+
+@given(generic_gpts(min_block_size=4), seeds, st.integers(1, 4), PENALTIES, EARLY, st.booleans())
+def test_a_padded_row_has_the_beams_of_the_row_alone(model, seed, W, lp, early, with_eos):
+    """A row of a padded batch (any 0/1 attention_mask: left, right, holes) gets exactly the
+    hypotheses and scores of its real tokens searched alone -- reference and fast (its KV
+    cache carrying the mask through every reorder)."""
+    config, params = model
+    rng = np.random.default_rng(seed)
+    V = config.vocab_size
+    N, T0, B = _padded_sizes(rng, config)
+    prompt = rng.integers(0, V, size=(B, T0))
+    mask = _random_mask(rng, B, T0)
+    eos = int(rng.integers(0, V)) if with_eos else None
+    R = int(rng.integers(1, W + 1))
+    kw = dict(eos=eos, length_penalty=lp, early_stopping=early, num_return_sequences=R, pad=0)
+    padded = {"reference": ref_gpt.beam_search(params, config, prompt, W, N, attention_mask=mask,
+                                               processors=_alone_processors(T0, V, N, eos)[0], **kw),
+              "fast": fast_beam.gpt_beam_search(params, config, prompt, W, N, attention_mask=mask,
+                                                processors=_alone_processors(T0, V, N, eos)[1], **kw)}  # fmt: skip
+    for b in range(B):
+        row = prompt[b][mask[b] == 1][None, :]
+        alone = ref_gpt.beam_search(params, config, row, W, N, processors=_alone_processors(row.shape[1], V, N, eos)[0],
+                                    **kw)  # fmt: skip
+        L = alone.sequences.shape[2] - row.shape[1]
+        for name, result in padded.items():
+            seqs = np.asarray(result.sequences)[b]
+            assert np.array_equal(seqs[:, :T0], np.repeat(prompt[b][None], R, axis=0))
+            assert np.array_equal(seqs[:, T0 : T0 + L], alone.sequences[0, :, row.shape[1] :]), (name, seqs, alone)
+            assert np.all(seqs[:, T0 + L :] == 0)
+            assert np.array_equal(np.asarray(result.lengths)[b], alone.lengths[0])
+            assert_close(f"{name}: padded row's beam scores vs the row alone", alone.scores[0],
+                         np.asarray(result.scores)[b], "float64")  # fmt: skip
+
+
+@given(generic_gpts(min_vocab=3, min_block_size=4), seeds, st.integers(1, 4), PENALTIES, EARLY)
+def test_fast_equals_reference_padded_with_processors(model, seed, W, lp, early):
+    """fast.beam = reference.gpt.beam_search on padded batches with several eos ids, a stop
+    sequence and HF's penalties and constraints (float64)."""
+    config, params = model
+    rng = np.random.default_rng(seed)
+    V = config.vocab_size
+    N, T0, B = _padded_sizes(rng, config)
+    prompt = rng.integers(0, V, size=(B, T0))
+    mask = _random_mask(rng, B, T0)
+    eos = tuple(int(e) for e in rng.choice(V, size=min(2, V - 1), replace=False))
+    settings = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, bad_words_ids=[[int(rng.integers(0, V))] * 2],
+                    min_new_tokens=1, eos_token_id=eos)  # fmt: skip
+    processors = {table_name: generation.plan(GenerationConfig(**settings), T0, V, N, table=table).processors
+                  for table_name, table in (("reference", None), ("fast", fast_sampling.PROCESSORS))}  # fmt: skip
+    kw = dict(eos=eos, length_penalty=lp, early_stopping=early, num_return_sequences=int(rng.integers(1, W + 1)),
+              attention_mask=mask, stop_sequences=[[int(rng.integers(0, V)), int(rng.integers(0, V))]])  # fmt: skip
+    try:
+        truth = ref_gpt.beam_search(params, config, prompt, W, N, processors=processors["reference"], **kw)
+    except ValueError as error:  # the processors removed every token of a beam: they refuse the next row
+        assert "entirely -inf" in str(error)
+        event("no token left: both refuse")
+        with pytest.raises(ValueError, match="entirely -inf"):
+            fast_beam.gpt_beam_search(params, config, prompt, W, N, processors=processors["fast"], **kw)
+        return
+    got = fast_beam.gpt_beam_search(params, config, prompt, W, N, processors=processors["fast"], **kw)
+    assert np.array_equal(got.sequences.numpy(), truth.sequences), (got.sequences, truth.sequences)
+    assert np.array_equal(got.lengths.numpy(), truth.lengths)
+    assert_close("beam scores (fast vs reference)", truth.scores, got.scores.numpy(), "float64")
+    assert_close("beam log_probs (fast vs reference)", truth.log_probs, got.log_probs.numpy(), "float64")
+
+
+@given(generic_gpts(min_vocab=4, min_block_size=4), seeds, st.sampled_from([True, False]))
+def test_width_one_with_constraints_is_greedy_generate(model, seed, early):
+    """One beam under constraints that only remove tokens (no_repeat_ngram, bad words, min_new_tokens,
+    suppress, forced eos) picks the argmax of what is left at each step: generate with num_beams=1
+    (greedy, processors on the logits) and with the beam path (processors on the log-probs) agree,
+    padded batches included."""
+    config, params = model
+    rng = np.random.default_rng(seed)
+    V = config.vocab_size
+    N, T0, _ = _padded_sizes(rng, config)
+    prompt = rng.integers(0, V, size=(2, T0))
+    mask = _random_mask(rng, 2, T0)
+    settings = dict(max_new_tokens=N, no_repeat_ngram_size=2, bad_words_ids=[[0, 1]], min_new_tokens=min(N - 1, 1),
+                    suppress_tokens=[V - 1], forced_eos_token_id=1, eos_token_id=[1], pad_token_id=0,
+                    early_stopping=early)  # fmt: skip
+    processors = generation.plan(GenerationConfig(**settings), T0, V).processors
+
+    def beam_output():
+        return beam.as_generate_output(ref_gpt.beam_search(params, config, prompt, 1, N, eos=1, pad=0,
+                                                           early_stopping=early, attention_mask=mask,
+                                                           processors=processors))  # fmt: skip
+
+    try:
+        greedy = ref_gpt.generate(params, config, prompt, generation_config=GenerationConfig(**settings),
+                                  attention_mask=mask)  # fmt: skip
+    except ValueError as error:  # the constraints left no token (greedy refuses; a beam just ends): rare
+        assert "entirely -inf" in str(error)
+        event("no token left")
+        assume(False)
+    one_beam = beam_output()
+    assert np.array_equal(one_beam, greedy), (one_beam, greedy)
+
+
+@given(generic_gpts(min_block_size=4), seeds, st.integers(2, 4), st.integers(1, 3))
+def test_generate_is_beam_search_flattened(model, seed, W, R):
+    """generate(generation_config=GenerationConfig(num_beams=W, num_return_sequences=R, ...)) returns
+    HF's layout, (B * R, T0 + L): row b * R + r is prompt b's r-th best hypothesis."""
+    config, params = model
+    rng = np.random.default_rng(seed)
+    R = min(R, W)
+    N, T0, _ = _padded_sizes(rng, config)
+    prompt = rng.integers(0, config.vocab_size, size=(2, T0))
+    mask = _random_mask(rng, 2, T0)
+    gc = GenerationConfig(max_new_tokens=N, num_beams=W, num_return_sequences=R, eos_token_id=0, pad_token_id=0,
+                          length_penalty=0.7)  # fmt: skip
+    result = ref_gpt.beam_search(params, config, prompt, W, N, eos=0, pad=0, num_return_sequences=R,
+                                 length_penalty=0.7, attention_mask=mask)  # fmt: skip
+    want = result.sequences.reshape(2 * R, -1)
+    assert np.array_equal(ref_gpt.generate(params, config, prompt, generation_config=gc, attention_mask=mask), want)
+    assert np.array_equal(fast_gpt.generate(params, config, prompt, generation_config=gc,
+                                            attention_mask=mask).numpy(), want)  # fmt: skip
+
+
 @given(gpt_models(min_block_size=3), seeds, EARLY)
 def test_pure(model, seed, early):
     config, params = model
     prompt = np.random.default_rng(seed).integers(0, config.vocab_size, size=(2, 1))
-    assert_pure(beam.gpt_beam_search, params, config, prompt, 2, 2, eos=0, early_stopping=early, num_return_sequences=2)
+    assert_pure(ref_gpt.beam_search, params, config, prompt, 2, 2, eos=0, early_stopping=early, num_return_sequences=2)
 
 
 _BAD = [
@@ -291,7 +505,7 @@ def test_bad_arguments_are_named(overrides, arg):
     params = ref_gpt.random_params(config, np.random.default_rng(0))
     args, kw = bad_call_arguments(config, **overrides)
     with pytest.raises(ValueError, match=arg):
-        beam.gpt_beam_search(params, config, *args, **kw)
+        ref_gpt.beam_search(params, config, *args, **kw)
 
 
 def test_bad_log_probs_are_named():

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy
 
 from chainrule.reference import metrics, nn, validate
-from chainrule.reference import generation, sampling
+from chainrule.reference import beam, generation, sampling
 from chainrule.reference.xp import namespace, to_numpy
 
 
@@ -416,6 +416,9 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = 
     The loop is `generation.decode`: rows finish at eos or a stop sequence and then hold
     pad; it stops when all rows have finished.
     Returns (B', T0 + n) int64: the prompt as given (padded) followed by the n <= N new tokens.
+    With generation_config.num_beams = W > 1: beam search (`beam_search`, HF's scoring, the
+    processors acting on each beam's log-softmax), returning HF's layout (B * R, T0 + L), each
+    prompt's R = num_return_sequences best hypotheses, pad after their end.
     T0 + N - 1 must not exceed block_size (the last token is never fed).
     """
     xp = namespace(params["wte"])
@@ -423,8 +426,14 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = 
     check_tokens(prompt, config, name="prompt")
     run = generation.plan(generation_config, prompt.shape[1], config.vocab_size, max_new_tokens, processors, u)
     N = run.max_new_tokens
-    if run.num_beams > 1:
-        raise ValueError("generation_config.num_beams: beam search runs in reference.beam.generate")
+    if run.num_beams > 1:  # HF's _beam_search: (B * R, T0 + L), each prompt's R best hypotheses
+        if run.sample:
+            raise ValueError("generation_config.do_sample: beam search here is deterministic (num_beams > 1 "
+                             "needs do_sample=False; HF's beam sampling is not supported)")
+        return beam.as_generate_output(beam_search(
+            params, config, prompt, run.num_beams, N, eos=run.eos_token_id or None, length_penalty=run.length_penalty,
+            early_stopping=run.early_stopping, num_return_sequences=run.num_return_sequences, pad=run.pad_token_id,
+            attention_mask=attention_mask, processors=run.processors, stop_sequences=run.stop_sequences))
     check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1))
     prompt = xp.asarray(prompt).astype(xp.int64)
     mask = None if attention_mask is None else check_attention_mask(attention_mask, prompt.shape)
@@ -441,6 +450,30 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = 
                             eos_token_id=run.eos_token_id, pad_token_id=run.pad_token_id,
                             stop_sequences=run.stop_sequences)  # fmt: skip
     return xp.concatenate([prompt, new], axis=1)  # (B, T0 + n)
+
+
+def beam_search(params: dict, config: Config, prompt, beam_width: int, max_new_tokens: int, *, eos=None,
+                length_penalty=1.0, early_stopping=False, num_return_sequences: int = 1, pad=None,
+                attention_mask=None, processors=(), stop_sequences=()) -> beam.BeamSearchResult:  # fmt: skip
+    """Beam search on this GPT (reference.beam.beam_search: the algorithm, HF's scoring; the
+    arguments are that function's). Every prefix is recomputed from scratch by `forward` (no
+    cache: the spec), with its mask (the prompt's attention_mask, then ones) in padded batches;
+    its scores are the log-softmax of its last real position's logits. T0 + max_new_tokens - 1
+    must not exceed block_size. `generate` with num_beams > 1 runs this. Returns a
+    beam.BeamSearchResult."""
+    beam.check_arguments(prompt, beam_width, max_new_tokens, eos, length_penalty, early_stopping,
+                         num_return_sequences, pad, config.vocab_size, stop_sequences)  # fmt: skip
+    check_params(params, config)
+    check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(max_new_tokens, 1))
+    mask = None if attention_mask is None else check_attention_mask(attention_mask, prompt.shape)
+
+    def step_log_probs(prefixes, prefix_mask=None):  # (N, t) -> (N, V)
+        return nn.log_softmax(last_real(forward(params, config, prefixes, prefix_mask), prefix_mask), axis=-1)
+
+    return beam.beam_search(step_log_probs, prompt, beam_width, max_new_tokens, eos=eos,
+                            length_penalty=length_penalty, early_stopping=early_stopping,
+                            num_return_sequences=num_return_sequences, pad=pad, attention_mask=mask,
+                            processors=processors, stop_sequences=stop_sequences)  # fmt: skip
 
 
 def last_real(logits, mask):

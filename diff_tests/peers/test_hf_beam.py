@@ -4,7 +4,7 @@ A random tiny GPT2LMHeadModel in float64 with perturbed weights (as in
 test_hf_gpt2.py), bos/eos/pad ids inside the vocabulary, loaded into chainrule with
 `from_hf_gpt2`; then `model.generate(num_beams=W, do_sample=False, early_stopping=...,
 length_penalty=..., max_new_tokens=N, num_return_sequences=R)` against
-`gpt_beam_search` on the same prompts: the same sequences (HF pads finished
+`reference.gpt.beam_search` / `fast.beam.gpt_beam_search` on the same prompts: the same sequences (HF pads finished
 hypotheses with pad_token_id, here `pad`), and the same `sequences_scores`.
 
 HF scores in float32 (it casts the last logits to float32 before its
@@ -30,7 +30,6 @@ transformers = pytest.importorskip("transformers", reason="HF transformers is no
 from diff_tests.peers.hf_weights import perturb_gpt2 as _perturb  # noqa: E402
 from diff_tests.peers.test_hf_gpt2 import _hf_config, _state  # noqa: E402
 from chainrule.fast import beam as fast_beam  # noqa: E402
-from chainrule.reference import beam as ref_beam  # noqa: E402
 from chainrule.reference import gpt as ref_gpt  # noqa: E402
 from chainrule.reference.checks import assert_close  # noqa: E402
 
@@ -67,7 +66,7 @@ def _compare(model, loaded, *, W, N, R, eos, early, lp):
     hf_sequences, hf_scores = _hf_beam(model, PROMPT, W=W, N=N, R=R, eos=eos, early=early, lp=lp)
     kw = dict(eos=eos, length_penalty=lp, early_stopping=early, num_return_sequences=R, pad=PAD)
     results = {
-        "reference": ref_beam.gpt_beam_search(params, config, PROMPT, W, N, **kw),
+        "reference": ref_gpt.beam_search(params, config, PROMPT, W, N, **kw),
         "fast": fast_beam.gpt_beam_search(params, config, PROMPT, W, N, **kw),
     }
     for name, r in results.items():
