@@ -110,11 +110,27 @@ def _generate(module, P, tokens, mask, gen, u=None, array=np.asarray):
                            u=None if u is None else array(u))  # fmt: skip
 
 
+def _processed_steps(forward, processors, seq, mask, T0, n):
+    """The step logits a generation of seq (1, T0 + n) chose from, after `processors`: row k is
+    processors(forward(seq[:, :-1], mask)[:, T0 - 1 + k], ids = seq[:, :T0 + k]) -> (1, n, V) float64,
+    the first step's logits taken at the prompt's last real position (right padding)."""
+    logits = forward(seq[:, :-1], mask[:, :-1])  # (1, T0 + n - 1, V), raw, in the implementation's dtype
+    last_real = int(np.flatnonzero(mask[0, :T0])[-1])
+    steps = []
+    for k in range(n):
+        x = logits[:, T0 - 1 + k if k else last_real]
+        for process in processors:
+            x = process(x, seq[:, : T0 + k])
+        steps.append(np.asarray(x.detach().double().numpy() if hasattr(x, "detach") else x, dtype=np.float64))
+    return np.stack(steps, axis=1)
+
+
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("name", ["left", "right"])
 def test_generate_padded_with_eos(side, name, setting):
-    """float64: the reference's tokens exactly. Low precision: each row's tokens judged against the
-    reference's choice given the same prefix (the row alone, its pads dropped), up to its end."""
+    """float64: the reference's tokens exactly. Low precision: each row's tokens, up to its end, judged
+    against the reference's choice given the same prefix (`assert_tokens` on the processed step
+    logits of both: the reference's, and the backend's own as a measure of its error)."""
     tokens, mask = layout(name)
     gen = generation.GenerationConfig(**SETTINGS[setting])
     p = params()
@@ -125,21 +141,25 @@ def test_generate_padded_with_eos(side, name, setting):
     if side.dtype == "float64":
         assert got.shape == want.shape and np.array_equal(got, want), f"{setting}: {got} != {want}"
         return
-    if gen.repetition_penalty != 1.0 or gen.min_new_tokens or gen.stop_sequences:
-        pytest.skip("low precision is judged on raw logits (assert_tokens takes no processors)")
-    T0 = tokens.shape[1]
+    import torch
+
+    T0, P = tokens.shape[1], side.params(p)
+    ref_processors = generation.plan(gen, T0, CONFIG.vocab_size, u=u).processors
+    fast_processors = generation.plan(gen, T0, CONFIG.vocab_size, u=u, table=side.sampling.PROCESSORS).processors
     for b in range(got.shape[0]):
-        row = np.array(ROWS[b // R])
         new = got[b, T0:]
-        eos = np.isin(new, gen.eos_token_id or ())
-        end = int(np.argmax(eos)) + 1 if eos.any() else len(new)
+        finished = np.isin(new, gen.eos_token_id or ()) | [
+            generation.ends_with(got[b : b + 1, : T0 + k + 1], gen.stop_sequences)[0] for k in range(len(new))]
+        end = int(np.argmax(finished)) + 1 if finished.any() else len(new)
         assert np.all(new[end:] == PAD), "a finished row holds pad"
-        if gen.top_k or gen.temperature != 1.0:
-            continue  # the warpers are judged in test_sampling; the eos and pad rule is checked above
-        seq = np.concatenate([row, new[:end]])[None]
-        assert_tokens(f"[{side.name}] {setting} row {b}", row[None], seq,
-                      lambda x: ref_gpt.forward(p, CONFIG, x), side.dtype,
-                      fast=lambda x: side.numpy(fast_gpt.forward(side.params(p), CONFIG, side.array(x))))  # fmt: skip
+        seq = got[b : b + 1, : T0 + end]
+        seq_mask = np.concatenate([mask[b // R : b // R + 1], np.ones((1, end), dtype=np.int64)], axis=1)
+        reference = _processed_steps(lambda x, m: ref_gpt.forward(p, CONFIG, x, m), ref_processors, seq, seq_mask,
+                                     T0, end)  # fmt: skip
+        fast = _processed_steps(lambda x, m: fast_gpt.forward(P, CONFIG, torch.as_tensor(x), torch.as_tensor(m)).float(),
+                                fast_processors, torch.as_tensor(seq), seq_mask, T0, end)  # fmt: skip
+        assert_tokens(f"[{side.name}] {setting} row {b}", seq[:, :T0], seq, reference, side.dtype, fast=fast,
+                      u=None if u is None else u[b : b + 1, :end])  # fmt: skip
 
 
 def test_generate_refuses_bad_input(side):
