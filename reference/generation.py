@@ -454,3 +454,26 @@ def plan(config: GenerationConfig | None, prompt_length: int, vocab_size: int, m
     pre, warp = logits_processors(config, prompt_length, prompt_length + int(max_new_tokens), table)
     return Plan(int(max_new_tokens), tuple(pre) + tuple(processors) + tuple(warp), config.do_sample, eos, pad,
                 stops, config.num_return_sequences, config.num_beams, config.length_penalty, config.early_stopping)
+
+
+def run_plan(run: Plan, prompt, mask, u, prefill, step):
+    """The rest of a decoder's `generate` once `plan` has run (beam search aside): each prompt row
+    repeated num_return_sequences times in place (as HF's repeat_interleave), the uniforms
+    checked, the prompt prefilled, then `decode`.
+
+    prompt: (B, T0) int, checked; mask: None or (B, T0) bool, checked; u: None or (B*R, N);
+    prefill(prompt, mask) -> (the logits after each row's last real token (B, V), cache);
+    step(cache, tokens (B,)) -> (logits (B, V), cache). Returns (B*R, T0 + n) int64.
+    """
+    xp = namespace(prompt)
+    prompt = xp.asarray(prompt).astype(xp.int64)
+    if run.num_return_sequences > 1:
+        prompt = xp.repeat(prompt, run.num_return_sequences, axis=0)
+        mask = None if mask is None else xp.repeat(mask, run.num_return_sequences, axis=0)
+    N = run.max_new_tokens
+    u = sampling.check_uniforms(u, (prompt.shape[0], N), xp)
+    if N == 0:
+        return prompt
+    logits, cache = prefill(prompt, mask)
+    new = decode(logits, cache, step, prompt, N, u=u, **run.decode_kwargs())
+    return xp.concatenate([prompt, new], axis=1)  # (B*R, T0 + n)

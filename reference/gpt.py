@@ -437,19 +437,12 @@ def generate(params: dict, config: Config, prompt, max_new_tokens: int | None = 
     check_tokens(prompt, config, name="prompt", max_len=config.block_size + 1 - max(N, 1))
     prompt = xp.asarray(prompt).astype(xp.int64)
     mask = None if attention_mask is None else check_attention_mask(attention_mask, prompt.shape)
-    if run.num_return_sequences > 1:  # each prompt R times in a row, as HF's repeat_interleave
-        prompt = xp.repeat(prompt, run.num_return_sequences, axis=0)
-        mask = None if mask is None else xp.repeat(mask, run.num_return_sequences, axis=0)
-    B = prompt.shape[0]
-    u = sampling.check_uniforms(u, (B, N), xp)
-    if N == 0:
-        return prompt
-    logits, cache = prefill(params, config, init_cache(params, config, B), prompt, mask)
-    step_fn = functools.partial(step, params, config)  # (cache, tokens (B,)) -> (logits (B, V), new cache)
-    new = generation.decode(last_real(logits, mask), cache, step_fn, prompt, N, processors=run.processors, u=u,
-                            eos_token_id=run.eos_token_id, pad_token_id=run.pad_token_id,
-                            stop_sequences=run.stop_sequences)  # fmt: skip
-    return xp.concatenate([prompt, new], axis=1)  # (B, T0 + n)
+
+    def start(x, m):  # (B, T0) -> (logits after each row's last real token (B, V), cache)
+        logits, cache = prefill(params, config, init_cache(params, config, x.shape[0]), x, m)
+        return last_real(logits, m), cache
+
+    return generation.run_plan(run, prompt, mask, u, start, functools.partial(step, params, config))
 
 
 def beam_search(params: dict, config: Config, prompt, beam_width: int, max_new_tokens: int, *, eos=None,

@@ -50,6 +50,24 @@ def gelu_erf(x):
     return 0.5 * x * (1.0 + special(xp).erf(x / math.sqrt(2.0)))
 
 
+def gelu_fast(x):
+    """GELU, tanh approximation as HF transformers' "gelu_fast" computes it:
+
+        gelu_fast(x) = 0.5 x (1 + tanh( 0.7978845608 x (1 + 0.044715 x^2) ))
+
+    the tanh form of `gelu_tanh` with x + 0.044715 x^3 factored and sqrt(2/pi) rounded to
+    0.7978845608 (it differs from gelu_tanh by ~1e-12 of x).
+    """
+    xp = namespace(x)
+    return 0.5 * x * (1.0 + xp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def relu(x):
+    """ReLU (Nair & Hinton 2010): relu(x) = max(x, 0)."""
+    xp = namespace(x)
+    return xp.maximum(x, 0.0)
+
+
 def logsumexp(x, axis=-1, keepdims=False):
     """log sum_i exp(x_i), stable: m + log sum_i exp(x_i - m) with m = max_i x_i.
 
@@ -90,17 +108,20 @@ def causal_mask(t_query, t_key, xp=None):
     return k_pos <= q_pos
 
 
-def attention(q, k, v, mask):
+def attention(q, k, v, mask, scale=None):
     """Scaled dot-product attention (Vaswani et al. 2017) with an explicit mask:
 
         A = softmax( Q K^T / sqrt(d) + M ),   out = A V,   M_ij = 0 if mask_ij else -inf
 
+    or, with `scale` s given, softmax( s Q K^T + M ) (GPT-2's options: s = 1, or
+    1 / (sqrt(d) (layer + 1)); see reference.gpt.Config.attn_scale).
     q: (..., Tq, d), k, v: (..., Tk, d), mask: (Tq, Tk) bool -> (..., Tq, d).
     Every query must be allowed at least one key (a fully masked row is undefined).
     """
     xp = namespace(q)
     d = q.shape[-1]
-    scores = (q @ xp.swapaxes(k, -1, -2)) / math.sqrt(d)  # (..., Tq, Tk)
+    scores = q @ xp.swapaxes(k, -1, -2)  # (..., Tq, Tk)
+    scores = scores / math.sqrt(d) if scale is None else scores * scale
     scores = xp.where(mask, scores, -xp.inf)
     return softmax(scores, axis=-1) @ v  # (..., Tq, d)
 
@@ -133,3 +154,92 @@ def causal_self_attention(x, w_qkv, b_qkv, w_proj, b_proj, n_head):
     q, k, v = (split_heads(a, n_head) for a in (q, k, v))  # (B, nh, T, hs)
     y = attention(q, k, v, causal_mask(T, T, xp))  # (B, nh, T, hs)
     return linear(merge_heads(y), w_proj, b_proj)  # (B, T, C)
+
+
+# ----------------------------------------------------------------------------- LLaMA-family pieces
+
+
+def rms_norm(x, weight, eps=1e-6, offset=0.0):
+    """RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization") over the last axis:
+
+        y = x / sqrt(mean(x^2) + eps) * (offset + w)
+
+    offset 0: LLaMA, Mistral, Qwen2 (w x-hat); offset 1: Gemma ((1 + w) x-hat, w initialized at 0).
+    x: (..., C), weight: (C,).
+    """
+    xp = namespace(x)
+    return x / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps) * (offset + weight)
+
+
+def silu(x):
+    """SiLU (swish): x sigmoid(x) = x / (1 + exp(-x))."""
+    xp = namespace(x)
+    return x * special(xp).expit(x)
+
+
+def swiglu(x, w_gate, w_up, w_down):
+    """SwiGLU MLP (Shazeer 2020, "GLU Variants Improve Transformer"), as LLaMA:
+
+        y = ( silu(x W_gate) * (x W_up) ) W_down
+
+    x: (..., C), w_gate, w_up: (C, I), w_down: (I, C) -> (..., C).
+    """
+    return linear(silu(linear(x, w_gate)) * linear(x, w_up), w_down)
+
+
+def rope_inv_freq(head_dim: int, theta: float, xp=None):
+    """RoPE's inverse frequencies (Su et al. 2021, "RoFormer"): omega_i = theta^(-2i / d), i < d/2 -> (d/2,)."""
+    if xp is None:
+        import numpy as xp
+    return 1.0 / theta ** (xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)
+
+
+def rope_cos_sin(positions, inv_freq):
+    """cos and sin of the rotation angles  angle[..., i] = position * omega_i.
+
+    positions: (...) int, inv_freq: (d/2,) -> cos, sin: (..., d/2) float64.
+    """
+    xp = namespace(inv_freq)
+    angle = xp.asarray(positions, dtype=xp.float64)[..., None] * inv_freq  # (..., d/2)
+    return xp.cos(angle), xp.sin(angle)
+
+
+def rope(x, cos, sin, layout: str = "half"):
+    """Rotary position embedding: rotate each pair of coordinates (a, b) of x by its angle,
+
+        (a, b) -> (a cos - b sin,  a sin + b cos).
+
+    The pairs, in the two public layouts:
+      "interleaved"  (x[2i], x[2i+1])       the paper and Meta's code
+      "half"         (x[i], x[i + d/2])     HF transformers ("rotate_half")
+    The same model in the other layout has the rows of W_q and W_k permuted within each head
+    (`rope_permutation`). x: (..., T, d), cos, sin: (..., T, d/2) broadcastable -> (..., T, d).
+    """
+    xp = namespace(x)
+    d = x.shape[-1]
+    if layout == "half":
+        a, b = x[..., : d // 2], x[..., d // 2 :]
+        return xp.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+    if layout == "interleaved":
+        a, b = x[..., 0::2], x[..., 1::2]
+        out = xp.empty_like(x)
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+        return out
+    raise ValueError(f"layout: expected 'half' or 'interleaved', got {layout!r}")
+
+
+def rope_permutation(head_dim: int, xp=None):
+    """The index map from the interleaved to the half layout within one head:
+    half[j] = interleaved[perm[j]], perm = (0, 2, 4, ..., d-2, 1, 3, ..., d-1).
+    (HF's convert_llama_weights_to_hf permutes W_q and W_k rows so, head by head.)"""
+    if xp is None:
+        import numpy as xp
+    return xp.concatenate([xp.arange(0, head_dim, 2), xp.arange(1, head_dim, 2)])
+
+
+def repeat_kv(x, n_rep: int):
+    """Grouped-query attention's shared heads (Ainslie et al. 2023): each key/value head serves
+    n_rep query heads. x: (B, n_kv, T, d) -> (B, n_kv * n_rep, T, d), head h = x[:, h // n_rep]."""
+    xp = namespace(x)
+    return x if n_rep == 1 else xp.repeat(x, n_rep, axis=1)
