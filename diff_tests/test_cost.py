@@ -41,6 +41,9 @@ CONFIGS = [
     ref_gpt.Config(vocab_size=3, block_size=5, n_layer=1, n_head=5, n_embd=5),
 ]
 IDS = [f"V{c.vocab_size}-L{c.n_layer}-nh{c.n_head}-C{c.n_embd}" for c in CONFIGS]
+# GPT2Config's options: an MLP of hidden size n_inner, an untied head (counted: it is a matrix of its own)
+OPTIONS = ref_gpt.Config(vocab_size=59, block_size=23, n_layer=2, n_head=3, n_embd=33, n_inner=37, activation="relu",
+                         tie_word_embeddings=False, scale_attn=False)  # fmt: skip
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -72,7 +75,7 @@ def _flop_counter() -> FlopCounterMode:
 # ----------------------------------------------------------------------------- parameters
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("config", CONFIGS + [OPTIONS], ids=IDS + ["options"])
 def test_param_count_is_the_size_of_init(config):
     params = ref_gpt.init(config, np.random.default_rng(0))
     assert cost.param_count(config) == sum(p.size for p in params.values())
@@ -84,19 +87,19 @@ def test_param_count_gpt2_small():
     assert cost.param_count(config) == 124_439_808
 
 
-def test_param_count_matches_hf():
+@pytest.mark.parametrize("config", [CONFIGS[0], OPTIONS], ids=["tied", "options"])
+def test_param_count_matches_hf(config):
     transformers = pytest.importorskip("transformers")
-    config = CONFIGS[0]
     _, hf_config = ref_gpt.to_hf_gpt2(ref_gpt.init(config, np.random.default_rng(0)), config)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
-    assert cost.param_count(config) == model.num_parameters()  # tied head counted once
+    assert cost.param_count(config) == model.num_parameters()  # a tied head counted once
 
 
 # ----------------------------------------------------------------------------- FLOPs
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("config", CONFIGS + [OPTIONS], ids=IDS + ["options"])
 def test_decode_step_flops_match_the_flop_counter(config, dtype):
     params = fb.to_torch(ref_gpt.init(config, np.random.default_rng(1)), device="cpu", dtype=dtype)
     rng = np.random.default_rng(2)

@@ -40,6 +40,8 @@ def test_gelu(rng):
     x = np.concatenate([rng.normal(0, 3, 200), [-30.0, -5.0, 0.0, 5.0, 30.0]])
     assert_close("gelu_tanh", F.gelu(t(x), approximate="tanh").numpy(), nn.gelu_tanh(x), "float64")
     assert_close("gelu_erf", F.gelu(t(x), approximate="none").numpy(), nn.gelu_erf(x), "float64")
+    assert_close("gelu_fast", F.gelu(t(x), approximate="tanh").numpy(), nn.gelu_fast(x), "float64")  # ~1e-12 apart
+    assert_close("relu", F.relu(t(x)).numpy(), nn.relu(x), "float64")
 
 
 def _with_neg_inf(rng, shape):
@@ -155,6 +157,8 @@ def test_fast_nn_pointwise_and_normalizers(side, rng, shape):
         "layer_norm": (nn.layer_norm(finite, g, b), f.layer_norm(Xf, G, Bb)),
         "gelu_tanh": (nn.gelu_tanh(finite), f.gelu_tanh(Xf)),
         "gelu_erf": (nn.gelu_erf(finite), f.gelu_erf(Xf)),
+        "gelu_fast": (nn.gelu_fast(finite), f.gelu_fast(Xf)),
+        "relu": (nn.relu(finite), f.relu(Xf)),
         "softmax": (nn.softmax(x), f.softmax(X)),
         "log_softmax": (nn.log_softmax(x), f.log_softmax(X)),
         "logsumexp": (nn.logsumexp(x), f.logsumexp(X)),

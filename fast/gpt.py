@@ -20,6 +20,11 @@ this one only says how the same numbers are computed fast:
   "linear layers" below): for one-token decoding of one sequence, the
   matrix-vector products are split over the threads; otherwise oneDNN's linear
   runs on (out, in) copies of the weights, with the GELU fused.
+- Config's HF options: the tanh GELU (GPT-2's) is fused as above; the other
+  activations run after the same linear kernel, unfused (fast.nn's functions).
+  The attention scale (scale_attn, scale_attn_by_inverse_layer_idx) is SDPA's
+  `scale=` argument (left at SDPA's default 1/sqrt(hs) for GPT-2's), and an untied
+  head runs the head kernels on lm_head.w instead of wte.
 - Everything runs in the params' dtype; probabilities for sampling are
   float64 (fast/sampling.py), and log_prob accumulates log-softmax in float32
   (bfloat16/float32 params) or float64.
@@ -39,7 +44,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from chainrule.fast import generation as fast_generation
-from chainrule.fast import metrics, sampling
+from chainrule.fast import metrics, nn, sampling
 from chainrule.reference import generation
 from chainrule.fast.backend import checked_tensors, checked_tokens
 from chainrule.reference import gpt as _reference
@@ -97,7 +102,7 @@ def check_attn_impl(attn_impl):
 # these do not.
 #
 # Every linear layer is y = x W + b with W stored (in, out) as in the params; the
-# LM head is x W_te^T. Each call of the network first turns the weights into
+# LM head is x W_te^T (x W_head^T untied). Each call of the network first turns the weights into
 # kernels x -> y, chosen by a *mode*:
 #
 #   "plain"   addmm / F.linear: differentiable; on CUDA, and whenever autograd
@@ -112,9 +117,10 @@ def check_attn_impl(attn_impl):
 #             split over K into one block per thread, computed as one batched
 #             product (torch spreads the batch over the threads), and the partial
 #             products summed:  x W = sum_j x[K_j] W[K_j, :].  On (in, out)
-#             weights the split is a free view; the head uses a (C, V) copy of wte.
+#             weights the split is a free view; the head uses a (C, V) copy of its
+#             matrix (wte, or lm_head.w when untied).
 #
-# Small models (4 C^2 < 2^18 weights in the MLP's matrices) always run plain.
+# Small models (4 C^2 < 2^18 weights in GPT-2's MLP matrices) always run plain.
 # The copies are made once per weight tensor, remade when it changes in place,
 # and live as long as that tensor. The mode depends only on the device,
 # dtype, sizes, the thread count and whether a gradient is needed, never on what
@@ -191,10 +197,16 @@ def kernel_mode(params: dict, rows: int, differentiable: bool) -> str:
     return "matmul"
 
 
-def _linear(w, b, mode: str, gelu: bool = False):
-    """The kernel x -> x W + b (then gelu_tanh, if asked).  x: (M, in), w: (in, out), b: (out,)."""
+ACTIVATIONS = {"gelu_tanh": nn.gelu_tanh, "gelu_erf": nn.gelu_erf, "gelu_fast": nn.gelu_fast, "relu": nn.relu}
+
+
+def _linear(w, b, mode: str, activation: str | None = None):
+    """The kernel x -> act(x W + b) (act: ACTIVATIONS[activation], or none).  x: (M, in), w: (in, out), b: (out,).
+
+    oneDNN fuses the tanh GELU (GPT-2's); the other activations run after the linear kernel."""
     K, N = w.shape
     c = torch.get_num_threads()
+    act = None if activation is None else ACTIVATIONS[activation]
     if mode == "matvec" and K % c == 0:
         w_blocks = w.view(c, K // c, N)  # (c, K/c, N): a view
         b_first = torch.zeros((c, 1, N), dtype=b.dtype, device=b.device)  # the bias, added once by the sum
@@ -202,28 +214,31 @@ def _linear(w, b, mode: str, gelu: bool = False):
 
         def matvec(x):  # x: (1, K)
             y = torch.baddbmm(b_first, x.reshape(c, 1, K // c), w_blocks).sum(dim=0)  # (c, 1, N) -> (1, N)
-            return F.gelu(y, approximate="tanh") if gelu else y
+            return y if act is None else act(y)
 
         return matvec
     if mode != "plain" and _onednn_usable(w.dtype):
         w_out_in = _transposed(w)  # (N, K)
-        attr, algorithm = ("gelu", "tanh") if gelu else ("none", "")
-        return lambda x: _onednn_linear_op(x, w_out_in, b, attr, [], algorithm)
-    if gelu:
-        return lambda x: F.gelu(torch.addmm(b, x, w), approximate="tanh")
+        if activation in (None, "gelu_tanh"):
+            attr, algorithm = ("gelu", "tanh") if activation else ("none", "")
+            return lambda x: _onednn_linear_op(x, w_out_in, b, attr, [], algorithm)
+        return lambda x: act(_onednn_linear_op(x, w_out_in, b, "none", [], ""))
+    if act is not None:
+        return lambda x: act(torch.addmm(b, x, w))
     return lambda x: torch.addmm(b, x, w)
 
 
-def _head(wte, mode: str):
-    """The kernel x -> x W_te^T (the LM head).  x: (M, C), wte: (V, C) -> (M, V)."""
-    V, C = wte.shape
+def _head(w_head, mode: str):
+    """The kernel x -> x W_head^T (the LM head).  x: (M, C), w_head: (V, C), wte (tied) or
+    lm_head.w (untied: reference.gpt.head_weight) -> (M, V)."""
+    V, C = w_head.shape
     c = torch.get_num_threads()
     if mode == "matvec" and C % c == 0:
-        w_blocks = _transposed(wte).view(c, C // c, V)  # (c, C/c, V)
+        w_blocks = _transposed(w_head).view(c, C // c, V)  # (c, C/c, V)
         return lambda x: torch.bmm(x.reshape(c, 1, C // c), w_blocks).sum(dim=0)  # (1, V)
-    if mode != "plain" and _onednn_usable(wte.dtype):
-        return lambda x: _onednn_linear_op(x, wte, None, "none", [], "")  # wte is (out, in) already
-    return lambda x: F.linear(x, wte)
+    if mode != "plain" and _onednn_usable(w_head.dtype):
+        return lambda x: _onednn_linear_op(x, w_head, None, "none", [], "")  # w_head is (out, in) already
+    return lambda x: F.linear(x, w_head)
 
 
 # ----------------------------------------------------------------------------- the network
@@ -237,8 +252,9 @@ class Layer:
     qkv: object  # (M, C) -> (M, 3C)
     proj: object  # (M, C) -> (M, C)
     ln_2: tuple
-    fc: object  # (M, C) -> (M, 4C), GELU included
-    fc_proj: object  # (M, 4C) -> (M, C)
+    fc: object  # (M, C) -> (M, F), the activation included
+    fc_proj: object  # (M, F) -> (M, C)
+    scale: float | None = None  # the attention scale: None = SDPA's 1/sqrt(hs) (GPT-2's), else Config.attn_scale
 
 
 @dataclass(frozen=True)
@@ -259,15 +275,23 @@ def network(params: dict, config: Config, mode: str) -> Network:
     for i in range(config.n_layer):
         p = f"blocks.{i}."
 
-        def linear(name, gelu=False):
-            return _linear(params[p + name + ".w"], params[p + name + ".b"], mode, gelu)
+        def linear(name, activation=None):
+            return _linear(params[p + name + ".w"], params[p + name + ".b"], mode, activation)
 
         layers.append(Layer(
             (params[p + "ln_1.g"], params[p + "ln_1.b"]), linear("attn.qkv"), linear("attn.proj"),
-            (params[p + "ln_2.g"], params[p + "ln_2.b"]), linear("mlp.fc", gelu=True), linear("mlp.proj"),
+            (params[p + "ln_2.g"], params[p + "ln_2.b"]), linear("mlp.fc", config.activation), linear("mlp.proj"),
+            attn_scale(config, i),
         ))  # fmt: skip
-    wte = params["wte"]
-    return Network(config, wte, params["wpe"], (params["ln_f.g"], params["ln_f.b"]), tuple(layers), _head(wte, mode))
+    head = _head(_reference.head_weight(params, config), mode)
+    return Network(config, params["wte"], params["wpe"], (params["ln_f.g"], params["ln_f.b"]), tuple(layers), head)
+
+
+def attn_scale(config: Config, layer: int) -> float | None:
+    """Config.attn_scale(layer) for SDPA's `scale=`, or None (SDPA's default 1/sqrt(hs)) for GPT-2's scale."""
+    if config.scale_attn and not config.scale_attn_by_inverse_layer_idx:
+        return None
+    return config.attn_scale(layer)
 
 
 def needs_grad(params: dict) -> bool:
@@ -280,29 +304,28 @@ def _causal_mask(t_query: int, t_key: int, device) -> torch.Tensor:
     return torch.arange(t_key, device=device)[None, :] <= q_pos  # (Tq, Tk)
 
 
-def _attention(q, k, v, attn_impl: str, mask=None):
+def _attention(q, k, v, attn_impl: str, mask=None, scale=None):
     """Causal attention of the last Tq positions over all Tk = P + Tq (reference.nn.attention),
     or attention under an explicit mask (Tq, Tk) bool, True = may attend (trees, lookahead windows).
 
-    q: (B, nh, Tq, hs), k, v: (B, nh, Tk, hs) -> (B, nh, Tq, hs).
+    q: (B, nh, Tq, hs), k, v: (B, nh, Tk, hs) -> (B, nh, Tq, hs). scale: the factor of Q K^T,
+    None for 1/sqrt(hs).
     """
     Tq, Tk = q.shape[2], k.shape[2]
-    if mask is not None:
-        if attn_impl == "math":
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, Tq, Tk)
-            return torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1) @ v
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if attn_impl == "math":  # the naive same-dtype computation, spelled out
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, Tq, Tk)
-        scores = scores.masked_fill(~_causal_mask(Tq, Tk, q.device), -math.inf)
-        return torch.softmax(scores, dim=-1) @ v  # (B, nh, Tq, hs)
+        scores = q @ k.transpose(-2, -1)  # (B, nh, Tq, Tk)
+        scores = scores / math.sqrt(q.shape[-1]) if scale is None else scores * scale
+        allowed = _causal_mask(Tq, Tk, q.device) if mask is None else mask
+        return torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1) @ v  # (B, nh, Tq, hs)
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if Tq == 1:  # one new position sees every key: no mask at all
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if Tq == Tk:  # an empty cache: the plain lower triangle
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     # chunked prefill after a cache: the triangle offset by P = Tk - Tq (SDPA's
     # is_causal aligns it top-left, so the mask is given explicitly)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(Tq, Tk, q.device))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(Tq, Tk, q.device), scale=scale)
 
 
 def network_block(config: Config, layer: Layer, x, k_cache, v_cache, P: int, attn_impl: str, mask=None):
@@ -321,10 +344,10 @@ def network_block(config: Config, layer: Layer, x, k_cache, v_cache, P: int, att
         k_cache.narrow(2, P, T).copy_(k)  # positions [P, P+T), in place
         v_cache.narrow(2, P, T).copy_(v)
         k, v = k_cache.narrow(2, 0, P + T), v_cache.narrow(2, 0, P + T)  # (B, nh, P+T, hs)
-    y = _attention(q, k, v, attn_impl, mask).transpose(1, 2).reshape(B * T, C)  # (B*T, C)
+    y = _attention(q, k, v, attn_impl, mask, layer.scale).transpose(1, 2).reshape(B * T, C)  # (B*T, C)
     x = x + layer.proj(y).view(B, T, C)
     h = F.layer_norm(x, (C,), *layer.ln_2, eps).view(B * T, C)
-    return x + layer.fc_proj(layer.fc(h)).view(B, T, C)  # fc: (B*T, 4C)
+    return x + layer.fc_proj(layer.fc(h)).view(B, T, C)  # fc: (B*T, F)
 
 
 def padded_attention_mask(key_mask: torch.Tensor, t_query: int) -> torch.Tensor:

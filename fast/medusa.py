@@ -107,8 +107,8 @@ def head_logits(heads: dict, config: Config, hidden: torch.Tensor) -> torch.Tens
 
 
 def base_logits(params: dict, hidden: torch.Tensor) -> torch.Tensor:
-    """The base's LM head h W_te^T: (..., C) -> (..., V)."""
-    return F.linear(hidden, params["wte"])
+    """The base's LM head h W_te^T (h W_head^T for an untied head, lm_head.w): (..., C) -> (..., V)."""
+    return F.linear(hidden, params.get("lm_head.w", params["wte"]))
 
 
 # ----------------------------------------------------------------------------- the base's hidden states

@@ -39,6 +39,16 @@ def gelu_erf(x):
     return F.gelu(x, approximate="none")
 
 
+def gelu_fast(x):
+    """GELU, HF's "gelu_fast": 0.5 x (1 + tanh(0.7978845608 x (1 + 0.044715 x^2)))."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def relu(x):
+    """ReLU: max(x, 0)."""
+    return F.relu(x)
+
+
 def logsumexp(x, axis=-1, keepdims=False):
     """log sum exp over `axis`; an all -inf slice gives -inf."""
     return torch.logsumexp(x, dim=axis, keepdim=keepdims)
@@ -58,12 +68,14 @@ def causal_mask(t_query, t_key, device=None):
     return torch.arange(t_key, device=device)[None, :] <= q_pos  # (Tq, Tk)
 
 
-def attention(q, k, v, mask):
-    """softmax(Q K^T / sqrt(d) + M) V through fused scaled-dot-product attention.
+def attention(q, k, v, mask, scale=None):
+    """softmax(Q K^T / sqrt(d) + M) V (or softmax(scale Q K^T + M) V) through fused
+    scaled-dot-product attention.
 
     q: (..., Tq, d), k, v: (..., Tk, d), mask: (Tq, Tk) bool (True = attend) -> (..., Tq, d).
     """
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(q.shape[-1]))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def split_heads(x, n_head):

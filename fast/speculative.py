@@ -207,7 +207,8 @@ class _Model:
             else:
                 k_cache[self.rows[:, None], :, pos] = k.transpose(1, 2)  # (B, T, nh, hs) at row b's positions
                 v_cache[self.rows[:, None], :, pos] = v.transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, k_cache[:, :, :Tk], v_cache[:, :, :Tk], attn_mask=allowed)
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :Tk], v_cache[:, :, :Tk], attn_mask=allowed,
+                                               scale=layer.scale)  # fmt: skip
             x = x + layer.proj(y.transpose(1, 2).reshape(B * T, C)).view(B, T, C)
             h = F.layer_norm(x, (C,), *layer.ln_2, eps).reshape(B * T, C)
             x = x + layer.fc_proj(layer.fc(h)).view(B, T, C)

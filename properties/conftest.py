@@ -39,11 +39,22 @@ seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
 
 @st.composite
-def gpt_configs(draw, vocab_size=None, min_block_size=1):
-    """A tiny GPT config: vocab 2..7, n_head 1..3, head_dim 1..3, n_layer 1..2, block 1..9."""
+def gpt_configs(draw, vocab_size=None, min_block_size=1, options=False):
+    """A tiny GPT config: vocab 2..7, n_head 1..3, head_dim 1..3, n_layer 1..2, block 1..9; with
+    options=True, GPT2Config's options drawn too (activation, n_inner None or 1..9, the attention
+    scale flags, a tied or untied head), else GPT-2's defaults."""
     n_head = draw(st.integers(1, 3))
     head_dim = draw(st.integers(1, 3))
     vocab = vocab_size if vocab_size is not None else draw(st.integers(2, 7))
+    extra = {}
+    if options:
+        extra = dict(
+            activation=draw(st.sampled_from(list(ref_gpt.ACTIVATIONS))),
+            n_inner=draw(st.one_of(st.none(), st.integers(1, 9))),
+            scale_attn=draw(st.booleans()),
+            scale_attn_by_inverse_layer_idx=draw(st.booleans()),
+            tie_word_embeddings=draw(st.booleans()),
+        )
     return ref_gpt.Config(
         vocab_size=vocab,
         block_size=draw(st.integers(min_block_size, 9)),
@@ -51,6 +62,7 @@ def gpt_configs(draw, vocab_size=None, min_block_size=1):
         n_head=n_head,
         n_embd=n_head * head_dim,
         bos_token=draw(st.integers(0, vocab - 1)),
+        **extra,
     )
 
 
@@ -64,7 +76,7 @@ def tokens_for(draw, config, min_len=1, max_batch=3):
 
 
 @st.composite
-def gpt_models(draw, vocab_size=None, min_block_size=1):
-    """(config, float64 params) for a tiny GPT with generic random weights."""
-    config = draw(gpt_configs(vocab_size=vocab_size, min_block_size=min_block_size))
+def gpt_models(draw, vocab_size=None, min_block_size=1, options=False):
+    """(config, float64 params) for a tiny GPT with generic random weights (options: see gpt_configs)."""
+    config = draw(gpt_configs(vocab_size=vocab_size, min_block_size=min_block_size, options=options))
     return config, ref_gpt.random_params(config, np.random.default_rng(draw(seeds)))

@@ -7,6 +7,9 @@
 - equivalence: KV cache (chunked prefill of random sizes, then steps) = full
   recompute; fast generation = reference generation from the same uniforms;
 - purity and determinism: no input mutated, equal inputs give equal outputs.
+
+The models are drawn with GPT2Config's options too (`gpt_models(options=True)`: each
+activation, n_inner, the attention scale flags, a tied or untied head).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _generic(config) -> bool:
     return config.n_embd >= 2
 
 
-@given(gpt_models(), st.data())
+@given(gpt_models(options=True), st.data())
 def test_reference_is_causal_full_lower_triangle(model, data):
     config, params = model
     tokens = data.draw(tokens_for(config))
@@ -53,7 +56,7 @@ def test_reference_is_causal_full_lower_triangle(model, data):
 
 
 @pytest.mark.parametrize("dtype", list(FAST_DTYPES))
-@given(model=gpt_models(), data=st.data())
+@given(model=gpt_models(options=True), data=st.data())
 def test_fast_is_causal_bit_exact(dtype, model, data):
     """Bit-exact in float32 too: masked positions must contribute exact zeros."""
     config, params = model
@@ -62,7 +65,7 @@ def test_fast_is_causal_bit_exact(dtype, model, data):
                   full=_generic(config), name=f"fast.gpt.forward ({dtype})")  # fmt: skip
 
 
-@given(gpt_models(), st.data())
+@given(gpt_models(options=True), st.data())
 def test_log_prob_of_every_prefix_is_a_partial_sum(model, data):
     """log p(x_1..x_t) scored on the prefix alone = the first t chain-rule terms of the
     whole sequence: the terms up to t do not depend on the tokens after t."""
@@ -90,7 +93,7 @@ def _log_prob_fn(params, config, impl):
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast-float64"])
-@given(model=gpt_models(vocab_size=3, min_block_size=3))
+@given(model=gpt_models(vocab_size=3, min_block_size=3, options=True))
 def test_normalized_by_enumeration(impl, model):
     """V = 3: sum over all 3, 9 and 27 sequences of length 1, 2, 3 of p(x) is 1 within 1e-12."""
     config, params = model
@@ -109,7 +112,7 @@ def _random_chunks(rng, n):
     return chunks
 
 
-@given(gpt_models(), st.data())
+@given(gpt_models(options=True), st.data())
 def test_reference_kv_cache_equals_recompute(model, data):
     config, params = model
     tokens = data.draw(tokens_for(config))
@@ -130,7 +133,7 @@ def test_reference_kv_cache_equals_recompute(model, data):
 
 
 @pytest.mark.parametrize("dtype", list(FAST_DTYPES))
-@given(model=gpt_models(), data=st.data())
+@given(model=gpt_models(options=True), data=st.data())
 def test_fast_kv_cache_equals_recompute(dtype, model, data):
     """The fast cache (preallocated, updated in place) against fast full recompute in the
     same dtype, and against the float64 reference."""
@@ -158,7 +161,7 @@ def _temperature(logits):
     return logits / 0.7  # works on NumPy and torch alike
 
 
-@given(gpt_models(min_block_size=2), st.data())
+@given(gpt_models(min_block_size=2, options=True), st.data())
 def test_fast_generation_equals_reference_generation(model, data):
     """float64: the same tokens from the same uniforms (and greedy), processors included."""
     config, params = model
@@ -181,7 +184,7 @@ def test_fast_generation_equals_reference_generation(model, data):
 # ----------------------------------------------------------------------------- purity
 
 
-@given(gpt_models(min_block_size=2), st.data())
+@given(gpt_models(min_block_size=2, options=True), st.data())
 def test_reference_is_pure_and_deterministic(model, data):
     config, params = model
     tokens = data.draw(tokens_for(config, max_batch=2))
@@ -195,7 +198,7 @@ def test_reference_is_pure_and_deterministic(model, data):
     assert_pure(ref_gpt.sample, params, config, np.random.default_rng(data.draw(seeds)), prompt, N)
 
 
-@given(gpt_models(min_block_size=2), st.data())
+@given(gpt_models(min_block_size=2, options=True), st.data())
 def test_fast_is_pure_and_deterministic(model, data):
     config, params = model
     tokens = torch.as_tensor(data.draw(tokens_for(config, max_batch=2)))

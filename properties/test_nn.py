@@ -46,9 +46,10 @@ def test_logsumexp_bounds_and_shift(x, c):
 
 @given(hnp.arrays(np.float64, st.integers(1, 50), elements=finite))
 def test_gelu_odd_part_is_identity(x):
-    """gelu(x) - gelu(-x) = x (Phi(x) + Phi(-x)) = x for both GELUs."""
-    for f in (nn.gelu_tanh, nn.gelu_erf):
+    """gelu(x) - gelu(-x) = x (Phi(x) + Phi(-x)) = x for every GELU, and relu(x) - relu(-x) = x exactly."""
+    for f in (nn.gelu_tanh, nn.gelu_erf, nn.gelu_fast):
         assert np.allclose(f(x) - f(-x), x, rtol=1e-14, atol=1e-14)
+    assert np.array_equal(nn.relu(x) - nn.relu(-x), x)
     assert np.abs(nn.gelu_tanh(x) - nn.gelu_erf(x)).max() < 1e-3  # the tanh form approximates erf
 
 

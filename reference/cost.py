@@ -70,10 +70,13 @@ def param_count(config) -> int:
                                                 fc 4C^2+4C, proj 4C^2+C, two LayerNorms 4C
         + 2 C                                   final LayerNorm
 
-    GPT-2 small (V=50257, block 1024, L=12, C=768): 124,439,808.
+    GPT-2 small (V=50257, block 1024, L=12, C=768): 124,439,808. With an MLP of hidden size
+    F = config.inner_dim the blocks hold L (4 C^2 + 2 C F + 9 C + F); an untied head adds V C.
     """
     V, C, L = config.vocab_size, config.n_embd, config.n_layer
-    return V * C + config.block_size * C + L * (12 * C * C + 13 * C) + 2 * C
+    F = getattr(config, "inner_dim", 4 * C)
+    head = 0 if getattr(config, "tie_word_embeddings", True) else V * C
+    return V * C + config.block_size * C + L * (4 * C * C + 2 * C * F + 9 * C + F) + 2 * C + head
 
 
 def weight_bytes_per_step(config, dtype=4) -> int:
@@ -84,6 +87,7 @@ def weight_bytes_per_step(config, dtype=4) -> int:
 
     The batch shares the read: this does not grow with the batch size. wte is read
     once for the LM head; the embedding lookup reuses it (tied weights, counted once).
+    (An untied head is read whole as well; wte is then counted whole too, an upper bound.)
     """
     C = config.n_embd
     return (param_count(config) - config.block_size * C + C) * dtype_bytes(dtype)
@@ -119,16 +123,18 @@ def decode_step_flops(config, context_len: int, batch: int = 1) -> int:
         batch * ( L * (24 C^2 + 4 C n) + 2 C V )
 
     per layer and token: qkv 2*C*3C, output projection 2*C*C, MLP 2*C*4C + 2*4C*C
-    (together 24 C^2); attention Q K^T 2*C*n and A V 2*n*C over n = context_len
-    positions (summed over heads: n_head * head_dim = C); LM head 2*C*V.
+    (together 24 C^2; 8 C^2 + 4 C F with an MLP of hidden size F = config.inner_dim);
+    attention Q K^T 2*C*n and A V 2*n*C over n = context_len positions (summed over
+    heads: n_head * head_dim = C); LM head 2*C*V.
     Excluded: biases, LayerNorm, softmax, GELU, residuals, embedding lookups.
     """
     _positive("context_len", context_len)
     _positive("batch", batch)
     C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    F = getattr(config, "inner_dim", 4 * C)
     if context_len > config.block_size:
         raise ValueError(f"context_len: expected at most block_size={config.block_size}, got {context_len}")
-    return batch * (L * (24 * C * C + 4 * C * context_len) + 2 * C * V)
+    return batch * (L * (8 * C * C + 4 * C * F + 4 * C * context_len) + 2 * C * V)
 
 
 def decode_step_bytes(config, context_len: int, batch: int = 1, dtype=4) -> int:

@@ -6,18 +6,27 @@ LayerNorm); Vaswani et al. 2017 for attention.
 
     h_0 = W_te[x_t] + W_pe[t]                                   token + learned position
     a_l = h_{l-1} + Attn( LN_1(h_{l-1}) )                       causal multi-head attention
-    h_l = a_l + W_2 gelu_tanh( W_1 LN_2(a_l) + b_1 ) + b_2      MLP, hidden 4C
+    h_l = a_l + W_2 gelu_tanh( W_1 LN_2(a_l) + b_1 ) + b_2      MLP, hidden F = 4C
     logits_t = LN_f(h_L)[t] W_te^T                              LM head tied to W_te
 
     p(x_1..x_T) = prod_t softmax(logits(bos, x_1..x_{t-1}))[x_t]
+
+Attn of layer l is softmax(s_l Q K^T + causal) V per head, s_l = 1/sqrt(head_dim).
+That is GPT-2 with `Config`'s defaults; its other fields are the options of HF's
+GPT2Config, computed as HF's GPT2LMHeadModel computes them: the MLP's activation
+(`activation`: tanh GELU, exact GELU, HF's "gelu_fast", ReLU), its hidden size F
+(`n_inner`), the attention scale (`scale_attn`: s_l = 1 when False;
+`scale_attn_by_inverse_layer_idx`: s_l divided by l + 1, layers counted from 0),
+and an LM head of its own (`tie_word_embeddings=False`: logits_t = LN_f(h_L)[t] W_head^T).
 
 Parameters are a flat dict of float64 arrays, linear weights stored (in, out):
 
     wte (V, C)  wpe (block_size, C)
     blocks.{i}.ln_1.g / .b (C,)        blocks.{i}.attn.qkv.w (C, 3C)  .b (3C,)
     blocks.{i}.attn.proj.w (C, C) .b   blocks.{i}.ln_2.g / .b (C,)
-    blocks.{i}.mlp.fc.w (C, 4C) .b     blocks.{i}.mlp.proj.w (4C, C) .b
+    blocks.{i}.mlp.fc.w (C, F) .b      blocks.{i}.mlp.proj.w (F, C) .b
     ln_f.g / .b (C,)
+    lm_head.w (V, C)                   untied configs only; stored like wte (out, in)
 
 No dropout: this is the model at inference, and the spec of its likelihood.
 """
@@ -38,9 +47,22 @@ from chainrule.reference.xp import namespace, to_numpy
 # ----------------------------------------------------------------------------- config
 
 
+ACTIVATIONS = {"gelu_tanh": nn.gelu_tanh, "gelu_erf": nn.gelu_erf, "gelu_fast": nn.gelu_fast, "relu": nn.relu}
+
+
 @dataclass(frozen=True)
 class Config:
-    """GPT hyper-parameters. head_dim = n_embd // n_head."""
+    """GPT hyper-parameters. head_dim = n_embd // n_head.
+
+    The defaults after bos_token are GPT-2's; each other value is an option of HF's GPT2Config:
+        activation       the MLP's nonlinearity, a name of ACTIVATIONS: "gelu_tanh" (HF's
+                         "gelu_new" / "gelu_pytorch_tanh"), "gelu_erf" ("gelu"), "gelu_fast"
+                         ("gelu_fast"), "relu" ("relu")
+        n_inner          the MLP's hidden size F; None: 4 n_embd (`inner_dim`)
+        scale_attn       scores Q K^T / sqrt(head_dim) (True) or Q K^T (False) (HF: scale_attn_weights)
+        scale_attn_by_inverse_layer_idx   the scores of layer l (from 0) divided by l + 1 as well
+        tie_word_embeddings               the LM head is wte (True) or its own lm_head.w (False)
+    """
 
     vocab_size: int
     block_size: int
@@ -49,6 +71,11 @@ class Config:
     n_embd: int
     layer_norm_eps: float = 1e-5
     bos_token: int = 0
+    activation: str = "gelu_tanh"
+    n_inner: int | None = None
+    scale_attn: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    tie_word_embeddings: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -64,15 +91,37 @@ class Config:
         bos = self.bos_token
         if not isinstance(bos, (int, numpy.integer)) or isinstance(bos, bool) or not 0 <= bos < self.vocab_size:
             raise ValueError(f"Config.bos_token: expected an int in [0, {self.vocab_size}), got {bos!r}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise ValueError(f"Config.activation: expected one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+        n_inner = self.n_inner
+        if n_inner is not None and (not isinstance(n_inner, (int, numpy.integer)) or isinstance(n_inner, bool)
+                                    or n_inner < 1):  # fmt: skip
+            raise ValueError(f"Config.n_inner: expected None (4 n_embd) or a positive int, got {n_inner!r}")
+        for name in ("scale_attn", "scale_attn_by_inverse_layer_idx", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Config.{name}: expected a bool, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def inner_dim(self) -> int:
+        """The MLP's hidden size F: n_inner, or 4 n_embd when it is None."""
+        return 4 * self.n_embd if self.n_inner is None else int(self.n_inner)
+
+    def attn_scale(self, layer: int) -> float:
+        """s_l, the factor of layer `layer`'s (from 0) attention scores s_l Q K^T, as HF's GPT2Attention.scaling:
+
+            s_l = head_dim^(-1/2) (scale_attn) or 1,  then divided by (layer + 1) (scale_attn_by_inverse_layer_idx)
+        """
+        scale = self.head_dim**-0.5 if self.scale_attn else 1.0
+        return scale / float(layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
+
 
 def param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every parameter (the contract `check_params` enforces)."""
-    V, C, L = config.vocab_size, config.n_embd, config.n_layer
+    V, C, L, F = config.vocab_size, config.n_embd, config.n_layer, config.inner_dim
     shapes = {"wte": (V, C), "wpe": (config.block_size, C)}
     for i in range(L):
         p = f"blocks.{i}."
@@ -81,10 +130,16 @@ def param_shapes(config: Config) -> dict[str, tuple[int, ...]]:
             p + "attn.qkv.w": (C, 3 * C), p + "attn.qkv.b": (3 * C,),
             p + "attn.proj.w": (C, C), p + "attn.proj.b": (C,),
             p + "ln_2.g": (C,), p + "ln_2.b": (C,),
-            p + "mlp.fc.w": (C, 4 * C), p + "mlp.fc.b": (4 * C,),
-            p + "mlp.proj.w": (4 * C, C), p + "mlp.proj.b": (C,),
+            p + "mlp.fc.w": (C, F), p + "mlp.fc.b": (F,),
+            p + "mlp.proj.w": (F, C), p + "mlp.proj.b": (C,),
         }  # fmt: skip
-    return shapes | {"ln_f.g": (C,), "ln_f.b": (C,)}
+    shapes |= {"ln_f.g": (C,), "ln_f.b": (C,)}
+    return shapes if config.tie_word_embeddings else shapes | {"lm_head.w": (V, C)}
+
+
+def head_weight(params: dict, config: Config):
+    """The LM head's matrix W_head (V, C), logits = h W_head^T: wte (tied, GPT-2's) or lm_head.w (untied)."""
+    return params["wte"] if config.tie_word_embeddings else params["lm_head.w"]
 
 
 def init(config: Config, rng: numpy.random.Generator) -> dict:
@@ -106,7 +161,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
     """Parameters far from the GPT-2 initialization, so that nothing is trivially equal:
     O(1) logits and attention scores, LayerNorm gains around 1 with spread, nonzero biases.
 
-        wte N(0, 1)            wpe N(0, 0.5^2)         weights (in, out) N(0, 1/in)
+        wte, lm_head.w N(0, 1) wpe N(0, 0.5^2)         weights (in, out) N(0, 1/in)
         biases N(0, 0.2^2)     LayerNorm gains 1 + N(0, 0.3^2), biases N(0, 0.3^2)
 
     Use these, not `init`, to test an implementation: GPT-2's 0.02-std init gives
@@ -117,7 +172,7 @@ def random_params(config: Config, rng: numpy.random.Generator) -> dict:
     """
     params = {}
     for name, shape in param_shapes(config).items():
-        if name == "wte":
+        if name in ("wte", "lm_head.w"):
             params[name] = rng.normal(0.0, 1.0, shape)
         elif name == "wpe":
             params[name] = rng.normal(0.0, 0.5, shape)
@@ -230,10 +285,11 @@ def block(params: dict, config: Config, i: int, x, past_k, past_v, mask=None):
     v = xp.concatenate([past_v, nn.split_heads(v_new, config.n_head)], axis=2)  # (B, nh, P+T, hs)
     if mask is None:
         mask = nn.causal_mask(q.shape[2], k.shape[2], xp)  # (T, P+T)
-    y = nn.merge_heads(nn.attention(q, k, v, mask))  # (B, T, C)
+    y = nn.merge_heads(nn.attention(q, k, v, mask, scale=config.attn_scale(i)))  # (B, T, C)
     x = x + nn.linear(y, params[p + "attn.proj.w"], params[p + "attn.proj.b"])
     h = nn.layer_norm(x, params[p + "ln_2.g"], params[p + "ln_2.b"], config.layer_norm_eps)
-    h = nn.gelu_tanh(nn.linear(h, params[p + "mlp.fc.w"], params[p + "mlp.fc.b"]))  # (B, T, 4C)
+    act = ACTIVATIONS[config.activation]
+    h = act(nn.linear(h, params[p + "mlp.fc.w"], params[p + "mlp.fc.b"]))  # (B, T, F)
     x = x + nn.linear(h, params[p + "mlp.proj.w"], params[p + "mlp.proj.b"])
     return x, k, v
 
@@ -282,7 +338,7 @@ def _run(params: dict, config: Config, tokens, cache: dict, mask=None, positions
         keys.append(k)
         values.append(v)
     x = nn.layer_norm(x, params["ln_f.g"], params["ln_f.b"], config.layer_norm_eps)
-    logits = x @ params["wte"].T  # (B, T, V)
+    logits = x @ head_weight(params, config).T  # (B, T, V)
     if mask is not None:
         logits = xp.where(mask[:, :, None], logits, 0.0)  # pads: logits 0, by definition
     new_cache = {"k": tuple(keys), "v": tuple(values), "length": P + T}
@@ -510,18 +566,34 @@ def _as_float64(value):
     return numpy.array(value, dtype=numpy.float64)
 
 
-def _check_hf_config(hf: dict) -> None:
-    """ValueError for the GPT-2 options this spec does not implement."""
+# HF's activation_function -> Config.activation: the names whose HF function (transformers'
+# activations.ACT2FN) computes exactly that equation; every other name is refused.
+_HF_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
+    "gelu": "gelu_erf", "gelu_python": "gelu_erf", "gelu_fast": "gelu_fast", "relu": "relu",
+}  # fmt: skip
+_TO_HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu_erf": "gelu", "gelu_fast": "gelu_fast", "relu": "relu"}
+
+
+def _hf_options(hf: dict) -> dict:
+    """The Config options of a HF GPT-2 config; ValueError naming the option this spec does not implement."""
     act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"hf_config['activation_function']: expected 'gelu_new' (tanh GELU), got {act!r}")
-    n_inner = hf.get("n_inner")
-    if n_inner not in (None, 4 * hf["n_embd"]):
-        raise ValueError(f"hf_config['n_inner']: expected None or {4 * hf['n_embd']}, got {n_inner!r}")
-    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                      ("tie_word_embeddings", True), ("add_cross_attention", False)):  # fmt: skip
-        if hf.get(key, want) != want:
-            raise ValueError(f"hf_config[{key!r}]: expected {want}, got {hf[key]!r}")
+    if act not in _HF_ACTIVATIONS:
+        raise ValueError(f"hf_config['activation_function']: expected one of {tuple(_HF_ACTIVATIONS)}, got {act!r}")
+    if hf.get("add_cross_attention", False) is not False:
+        raise ValueError(f"hf_config['add_cross_attention']: expected False (cross-attention is not implemented), "
+                         f"got {hf['add_cross_attention']!r}")  # fmt: skip
+    options = {"activation": _HF_ACTIVATIONS[act], "n_inner": hf.get("n_inner")}
+    for key, field, default in (  # GPT2Config's key, Config's field, GPT2Config's default
+        ("scale_attn_weights", "scale_attn", True),
+        ("scale_attn_by_inverse_layer_idx", "scale_attn_by_inverse_layer_idx", False),
+        ("tie_word_embeddings", "tie_word_embeddings", True),
+    ):
+        value = hf.get(key, default)
+        if not isinstance(value, (bool, numpy.bool_)):
+            raise ValueError(f"hf_config[{key!r}]: expected a bool, got {value!r}")
+        options[field] = bool(value)
+    return options
 
 
 def hf_bos_token(hf_config: dict, bos_token: int | None = None) -> int:
@@ -551,19 +623,21 @@ def from_hf_gpt2(state_dict: dict, hf_config: dict, bos_token: int | None = None
 
     state_dict: name -> numpy array or torch tensor; hf_config: a dict such as
     `model.config.to_dict()`. HF's Conv1D stores weights (in, out) like chainrule.
-    The LM head must be tied to wte (absent, or equal to wte). bos_token (the token
-    `log_prob` prepends) defaults to hf_config['bos_token_id'] when that lies in the
-    vocabulary; otherwise (a custom-vocabulary GPT-2 keeping GPT-2's 50256) pass it:
+    GPT2Config's options become Config's: activation_function (`_HF_ACTIVATIONS`: "gelu_new",
+    "gelu_pytorch_tanh", "gelu", "gelu_fast", "relu" and the "gelu_python" forms), n_inner,
+    scale_attn_weights, scale_attn_by_inverse_layer_idx and tie_word_embeddings; other
+    activations and add_cross_attention=True raise ValueError naming the key.
+    The LM head: tied to wte when hf_config['tie_word_embeddings'] (default True) and
+    lm_head.weight is absent or equal to wte; a lm_head.weight that differs from wte is a head
+    of its own (Config.tie_word_embeddings=False, params["lm_head.w"]), as transformers then
+    loads it untied; with tie_word_embeddings False, lm_head.weight must be given.
+    bos_token (the token `log_prob` prepends) defaults to hf_config['bos_token_id'] when that
+    lies in the vocabulary; otherwise (a custom-vocabulary GPT-2 keeping GPT-2's 50256) pass it:
     ValueError naming bos_token= (`hf_bos_token`).
     """
     hf = dict(hf_config)
-    _check_hf_config(hf)
+    options = _hf_options(hf)
     bos = hf_bos_token(hf, bos_token)
-    config = Config(
-        vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-        n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        bos_token=bos,
-    )  # fmt: skip
     params, head = {}, None
     for key, value in state_dict.items():
         name = key.removeprefix("transformer.")
@@ -576,9 +650,19 @@ def from_hf_gpt2(state_dict: dict, hf_config: dict, bos_token: int | None = None
             params[f"blocks.{i}.{_HF_BLOCK[rest]}"] = _as_float64(value)
         elif not name.endswith(_HF_BUFFERS):
             raise ValueError(f"state_dict: unexpected key {key!r}")
+    if head is not None and not numpy.array_equal(head, params.get("wte")):
+        options["tie_word_embeddings"] = False  # a head of its own, as transformers loads it
+    config = Config(
+        vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+        n_head=hf["n_head"], n_embd=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        bos_token=bos, **options,
+    )  # fmt: skip
+    if not config.tie_word_embeddings:
+        if head is None:
+            raise ValueError("state_dict: missing 'lm_head.weight' (hf_config['tie_word_embeddings'] is False: "
+                             "the LM head is a matrix of its own)")  # fmt: skip
+        params["lm_head.w"] = head
     check_params(params, config)
-    if head is not None and not numpy.array_equal(head, params["wte"]):
-        raise ValueError("state_dict['lm_head.weight']: expected to be tied to (equal to) wte, got a different matrix")
     return params, config
 
 
@@ -586,7 +670,8 @@ def to_hf_gpt2(params: dict, config: Config):
     """-> (state_dict of float64 NumPy arrays for GPT2LMHeadModel, hf config dict).
 
     `GPT2LMHeadModel(GPT2Config(**hf_config)).load_state_dict({k: torch.from_numpy(v) ...})`
-    loads it; lm_head.weight is included (equal to wte) so strict loading works.
+    loads it; lm_head.weight is included (equal to wte when tied, lm_head.w when not) so
+    strict loading works. The Config's options become GPT2Config's (`from_hf_gpt2` reads them back).
     """
     check_params(params, config)
     inverse_block = {v: k for k, v in _HF_BLOCK.items()}
@@ -596,18 +681,22 @@ def to_hf_gpt2(params: dict, config: Config):
         value = to_numpy(value).astype(numpy.float64)
         if name in inverse_top:
             state["transformer." + inverse_top[name]] = value
+        elif name == "lm_head.w":
+            state["lm_head.weight"] = value
         else:
             _, i, rest = name.split(".", 2)
             state[f"transformer.h.{i}.{inverse_block[rest]}"] = value
-    state["lm_head.weight"] = state["transformer.wte.weight"].copy()
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"].copy()
     hf_config = {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_embd": config.n_embd,
-        "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None,
-        "activation_function": "gelu_new", "layer_norm_epsilon": config.layer_norm_eps,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": config.n_inner,
+        "activation_function": _TO_HF_ACTIVATION[config.activation], "layer_norm_epsilon": config.layer_norm_eps,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
+        "scale_attn_weights": config.scale_attn,
+        "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": config.bos_token, "eos_token_id": config.bos_token,
     }  # fmt: skip
     return state, hf_config

@@ -308,7 +308,8 @@ def block(params: dict, config: Config, i: int, x, past_k, past_v, mask, positio
     q = nn.split_heads(nn.linear(h, params[p + "attn.q.w"], params.get(p + "attn.q.b")), config.n_head)
     k = nn.split_heads(nn.linear(h, params[p + "attn.k.w"], params.get(p + "attn.k.b")), config.n_kv_head)
     v = nn.split_heads(nn.linear(h, params[p + "attn.v.w"], params.get(p + "attn.v.b")), config.n_kv_head)
-    cos, sin = nn.rope_cos_sin(positions[:, None, :], inv_freq(config, xp))  # (B, 1, T, hd/2)
+    cos, sin = nn.rope_cos_sin(positions[:, None, :], inv_freq(config, xp))  # (B, 1, T, hd/2), float64
+    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)  # then x's dtype (float32 params stay float32)
     q, k = nn.rope(q, cos, sin, config.rope_layout), nn.rope(k, cos, sin, config.rope_layout)
     k = xp.concatenate([past_k, k], axis=2)  # (B, n_kv, P+T, hd)
     v = xp.concatenate([past_v, v], axis=2)

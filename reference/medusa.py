@@ -153,9 +153,10 @@ def init(config: Config, rng: numpy.random.Generator, base_params: dict | None =
     for name, shape in param_shapes(config).items():
         if name.endswith(".out.w"):
             if base_params is not None:
-                wte = numpy.asarray(base_params["wte"], dtype=numpy.float64)
+                key = "lm_head.w" if "lm_head.w" in base_params else "wte"  # the base's LM head (untied or tied)
+                wte = numpy.asarray(base_params[key], dtype=numpy.float64)
                 if wte.shape != (config.vocab_size, config.n_embd):
-                    raise ValueError(f"base_params['wte']: expected shape {(config.vocab_size, config.n_embd)}, "
+                    raise ValueError(f"base_params[{key!r}]: expected shape {(config.vocab_size, config.n_embd)}, "
                                      f"got {wte.shape}")  # fmt: skip
                 heads[name] = wte.T.copy()
             else:
@@ -220,8 +221,9 @@ def head_logits(heads: dict, config: Config, hidden):
 
 
 def base_logits(params: dict, hidden):
-    """The base GPT's LM head: logits = h W_te^T.  hidden (..., C) -> (..., V)."""
-    return hidden @ params["wte"].T
+    """The base GPT's LM head: logits = h W_te^T (h W_head^T, W_head = lm_head.w, for a base with
+    an untied head: reference.gpt.head_weight).  hidden (..., C) -> (..., V)."""
+    return hidden @ params.get("lm_head.w", params["wte"]).T
 
 
 def init_cache(params: dict, base_config: gpt.Config, max_len: int | None = None) -> dict:

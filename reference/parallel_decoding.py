@@ -161,7 +161,7 @@ def masked_forward(params: dict, config: gpt.Config, cache: dict, tokens, positi
         keys.append(k)
         values.append(v)
     x = nn.layer_norm(x, params["ln_f.g"], params["ln_f.b"], config.layer_norm_eps)
-    return (x @ params["wte"].T)[0], keys, values  # (T, V)
+    return (x @ gpt.head_weight(params, config).T)[0], keys, values  # (T, V)
 
 
 def commit(cache: dict, keys, values, keep) -> dict:

@@ -116,6 +116,27 @@ def test_check_in_float64_holds_the_model_to_1e_10(hf_dir, capsys):
     assert "bos_token_id" not in out  # --bos-token given: no note
 
 
+@needs_hf
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_check_passes_on_a_hf_gpt2_with_gpt2config_options(tmp_path, capsys, dtype):
+    """An untied LM head, ReLU, n_inner 37, unscaled scores divided by layer + 1: the directory loads
+    (reference.gpt implements these options of GPT2Config), every check passes, and a note names them."""
+    import transformers
+    from safetensors import safe_open
+
+    path = save_hf_gpt2(tmp_path / "gpt2", 1, tie_word_embeddings=False, activation_function="relu", n_inner=37,
+                        scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True)  # fmt: skip
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" in f.keys()  # saved untied
+    assert transformers.GPT2Config.from_pretrained(str(path)).tie_word_embeddings is False
+    code, out, err = run(capsys, "check", path, "--dtype", dtype, "--bos-token", "0")
+    assert code == 0, out + err
+    for name, line in result_lines(out).items():
+        assert line.startswith("pass "), line
+    assert "note: GPT-2 options: relu, n_inner 37, no 1/sqrt(hs), scores / (layer + 1), untied LM head\n" in out
+    assert all(len(line) <= check.WIDTH for line in out.splitlines()), out
+
+
 # ----------------------------------------------------------------------------- check fails loudly
 
 
@@ -237,6 +258,38 @@ def test_export_loads_in_transformers_with_the_same_logits(run_dir, tmp_path, ca
     assert code == 2 and "unknown format 'onnx'; known formats: hf" in err
     code, out, err = run(capsys, "export", out_dir, "--to", "hf", tmp_path / "y")
     assert code == 2 and "family 'hf-gpt2' has no exporter to 'hf'" in err and "chainrule-gpt" in err
+
+
+@needs_hf
+def test_export_of_a_run_with_gpt2config_options(tmp_path, capsys):
+    """A run trained with an untied head, ReLU and n_inner 37 exports lm_head.weight and those
+    options: transformers loads it (no missing or unexpected key) with the run's logits."""
+    import torch
+    import transformers
+
+    from chainrule.fast.train import load_checkpoint
+
+    settings = TINY_GPT | {"tie_word_embeddings": False, "activation": "relu", "n_inner": 37, "scale_attn": False}
+    run_dir = tmp_path / "run"
+    app.train_run("gpt", None, settings, steps=1, out=run_dir, progress=False, n_train=20_000, n_val=2_000)
+    code, out, err = run(capsys, "export", run_dir, "--to", "hf", tmp_path / "hf")
+    assert code == 0, err
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float64,
+                                                                    output_loading_info=True)  # fmt: skip
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
+    hf = model.config
+    assert (hf.activation_function, hf.n_inner, hf.scale_attn_weights) == ("relu", 37, False)
+    assert hf.tie_word_embeddings is False
+    tensors, meta = load_checkpoint(run_dir)
+    params = {k: v.double().numpy() for k, v in tensors.items()}
+    config = ref_gpt.Config(**meta["config"])
+    assert "lm_head.w" in params and config.tie_word_embeddings is False
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, config.block_size))
+    with torch.no_grad():
+        got = model.eval()(torch.from_numpy(tokens)).logits
+    c = assert_close("exported logits", ref_gpt.forward(params, config, tokens), got, "float64")
+    assert c.max_err < 1e-10, str(c)
 
 
 def test_export_refuses_an_unknown_family(tmp_path, capsys):

@@ -107,6 +107,60 @@ def test_config_cross_field_errors():
         gpt.Config(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=4, n_heads=2)  # a misspelled field
 
 
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("activation", "gelu_new", r"Config\.activation: expected one of \('gelu_tanh', 'gelu_erf', 'gelu_fast', "
+                                   r"'relu'\), got 'gelu_new'"),
+        ("activation", None, r"Config\.activation: expected one of .*, got None"),
+        ("n_inner", 0, r"Config\.n_inner: expected None \(4 n_embd\) or a positive int, got 0"),
+        ("n_inner", 8.0, r"Config\.n_inner: expected None \(4 n_embd\) or a positive int, got 8\.0"),
+        ("n_inner", True, r"Config\.n_inner: expected None \(4 n_embd\) or a positive int, got True"),
+        ("scale_attn", 1, r"Config\.scale_attn: expected a bool, got 1"),
+        ("scale_attn_by_inverse_layer_idx", "yes",
+         r"Config\.scale_attn_by_inverse_layer_idx: expected a bool, got 'yes'"),
+        ("tie_word_embeddings", None, r"Config\.tie_word_embeddings: expected a bool, got None"),
+    ],
+)  # fmt: skip
+def test_config_rejects_bad_option_and_names_it(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        gpt.Config(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=4, **{field: value})
+
+
+def test_config_defaults_are_gpt2():
+    """The options default to GPT-2: tanh GELU, F = 4C, scores / sqrt(hs), the head tied to wte."""
+    assert (CONFIG.activation, CONFIG.n_inner, CONFIG.inner_dim) == ("gelu_tanh", None, 16)
+    assert [CONFIG.attn_scale(i) for i in range(3)] == [2**-0.5] * 3
+    assert "lm_head.w" not in gpt.param_shapes(CONFIG) and gpt.head_weight(PARAMS, CONFIG) is PARAMS["wte"]
+
+
+OPTIONS = gpt.Config(vocab_size=5, block_size=4, n_layer=3, n_head=2, n_embd=4, activation="relu", n_inner=7,
+                     scale_attn=False, scale_attn_by_inverse_layer_idx=True, tie_word_embeddings=False)  # fmt: skip
+
+
+def test_options_shapes_and_scales():
+    shapes = gpt.param_shapes(OPTIONS)
+    assert shapes["lm_head.w"] == (5, 4) and list(shapes)[-1] == "lm_head.w"  # drawn last: other params unchanged
+    assert shapes["blocks.2.mlp.fc.w"] == (4, 7) and shapes["blocks.2.mlp.proj.w"] == (7, 4)
+    assert [OPTIONS.attn_scale(i) for i in range(3)] == [1.0, 0.5, 1 / 3]
+    scaled = gpt.Config(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=8, scale_attn_by_inverse_layer_idx=True)
+    assert [scaled.attn_scale(i) for i in range(2)] == [0.5, 0.25]
+    params = gpt.init(OPTIONS, np.random.default_rng(0))
+    assert gpt.head_weight(params, OPTIONS) is params["lm_head.w"] and params["lm_head.w"].std() < 0.05
+    drawn = gpt.random_params(OPTIONS, np.random.default_rng(0))
+    assert 0.5 < drawn["lm_head.w"].std() < 2.0  # N(0, 1), as wte
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_untied_head_is_required_and_tied_head_is_refused(impl):
+    params = gpt.init(OPTIONS, np.random.default_rng(0))
+    missing = {k: v for k, v in params.items() if k != "lm_head.w"}
+    with pytest.raises(ValueError, match=r"missing parameter 'lm_head\.w' \(expected shape \(5, 4\)\)"):
+        IMPLS[impl].forward(missing, OPTIONS, _tokens(impl, [[0, 1]]))
+    with pytest.raises(ValueError, match=r"unexpected parameters \['lm_head\.w'\]"):
+        IMPLS[impl].forward(dict(PARAMS, **{"lm_head.w": params["lm_head.w"]}), CONFIG, _tokens(impl, [[0, 1]]))
+
+
 # ----------------------------------------------------------------------------- generation and cache
 
 

@@ -61,6 +61,22 @@ def _describe(config) -> str:
     return f"L{config.n_layer} H{config.n_head} C{config.n_embd} V{config.vocab_size} T{config.block_size}"
 
 
+def options_note(config) -> str | None:
+    """The GPT2Config options of `config` that are not GPT-2's, in one line (None when there are none)."""
+    options = []
+    if config.activation != "gelu_tanh":
+        options.append(config.activation)
+    if config.n_inner is not None and config.n_inner != 4 * config.n_embd:
+        options.append(f"n_inner {config.n_inner}")
+    if not config.scale_attn:
+        options.append("no 1/sqrt(hs)")
+    if config.scale_attn_by_inverse_layer_idx:
+        options.append("scores / (layer + 1)")
+    if not config.tie_word_embeddings:
+        options.append("untied LM head")
+    return "GPT-2 options: " + ", ".join(options) if options else None
+
+
 def _naive(params: dict, dtype: str, device: str):
     """(naive logits, naive log_prob, description) of the low-precision rule; Nones in float64."""
     if dtype == "float64":
@@ -183,6 +199,8 @@ def load_hf(path: Path, *, dtype: str | None, device: str, bos_token: int | None
             raise C.CheckError(f"PATH: {file} is not a readable safetensors file ({error})") from None
     params, config = ref_gpt.from_hf_gpt2(state, hf_config, bos_token=bos)
     del state
+    if options_note(config):
+        notes.append(options_note(config))
     major = int(transformers.__version__.split(".")[0])
     kw = {"dtype": _torch_dtype(dtype)} if major >= 5 else {"torch_dtype": _torch_dtype(dtype)}
     with _quiet_transformers(transformers):
@@ -328,15 +346,17 @@ def load_run(path: Path, *, dtype: str | None, device: str, bos_token: int | Non
 
     description = f"fast.gpt (chainrule run at step {meta['step']}), {_describe(config)}"
     naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
+    notes = [options_note(config)] if options_note(config) else []
     return C.Subject("chainrule-gpt", description, dtype, device, ref_gpt, params, config, logits, log_prob,
-                     cached_logits, greedy, naive_logits, naive_log_prob, naive_text,
+                     cached_logits, greedy, naive_logits, naive_log_prob, naive_text, notes=notes,
                      padded_logits=padded_logits)  # fmt: skip
 
 
 def export_run_to_hf(path: Path, out: Path) -> list[str]:
     """config.json, model.safetensors and generation_config.json that
     transformers.AutoModelForCausalLM.from_pretrained(out) loads as GPT2LMHeadModel: the run's
-    weights in their stored dtype (exact), lm_head tied to wte (left out, as save_pretrained does)."""
+    weights in their stored dtype (exact), lm_head tied to wte (left out, as save_pretrained does)
+    unless the run's Config unties it."""
     import torch
     from safetensors.torch import save_file
 
@@ -345,7 +365,8 @@ def export_run_to_hf(path: Path, out: Path) -> list[str]:
     tensors, config, meta = _read_run(path)
     dtype = tensors["wte"].dtype
     state, hf_config = ref_gpt.to_hf_gpt2({k: v.to(torch.float64).numpy() for k, v in tensors.items()}, config)
-    del state["lm_head.weight"]  # tied to transformer.wte.weight
+    if config.tie_word_embeddings:
+        del state["lm_head.weight"]  # tied to transformer.wte.weight
     weights = {k: torch.from_numpy(v).to(dtype).contiguous() for k, v in state.items()}
     hf_config |= {"dtype": str(dtype).removeprefix("torch."), "use_cache": True}
     generation = {"bos_token_id": config.bos_token, "eos_token_id": config.bos_token,

@@ -13,7 +13,7 @@ def perturb_gpt2(model, seed: int):
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            if name.endswith("wte.weight"):
+            if name.endswith(("wte.weight", "lm_head.weight")):  # lm_head: an untied head, scaled as wte
                 p.copy_(noise)
             elif name.endswith("wpe.weight"):
                 p.copy_(0.5 * noise)
