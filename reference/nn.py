@@ -120,6 +120,9 @@ def attention(q, k, v, mask, scale=None):
     """
     xp = namespace(q)
     d = q.shape[-1]
+    # contiguous keys and values: the products' rounding then does not depend on how a cache laid
+    # them out in memory (a strided view is summed in another order by BLAS)
+    k, v = xp.ascontiguousarray(k), xp.ascontiguousarray(v)
     scores = q @ xp.swapaxes(k, -1, -2)  # (..., Tq, Tk)
     scores = scores / math.sqrt(d) if scale is None else scores * scale
     scores = xp.where(mask, scores, -xp.inf)

@@ -189,11 +189,11 @@ def test_assert_causal_full_catches_a_truncated_context(model, monkeypatch):
         assert_causal(forward_fn(p1, cfg1), tokens, vocab_size=5, full=True)
 
 
-def _leaky_attention(q, k, v, mask):
+def _leaky_attention(q, k, v, mask, scale=None):
     """Mathematically causal, numerically not: the softmax shift uses the max over *all*
     scores, future ones included, so future tokens move the rounding of the past."""
     d = q.shape[-1]
-    scores = (q @ np.swapaxes(k, -1, -2)) / np.sqrt(d)
+    scores = (q @ np.swapaxes(k, -1, -2)) * (d**-0.5 if scale is None else scale)
     e = np.where(mask, np.exp(scores - scores.max(axis=-1, keepdims=True)), 0.0)
     return (e / e.sum(-1, keepdims=True)) @ v
 

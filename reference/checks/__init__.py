@@ -67,6 +67,7 @@ The package, one module per topic (every name below is importable from
     causality        dependency_matrix, assert_causal, allowed_dependencies
     normalization    enumerate_sequences, enumerate_log_probs, assert_normalized
     padding          compare_padding, assert_padding_invariant (padded batches)
+    batch            batch_invariance, assert_batch_invariant (a row's outputs vs its batch companions)
     purity           assert_pure
     equivalence      naive_float32, logits_through_cache
     gradients        finite_difference_grad, FD_STEPS, FD_ACCURACY
@@ -85,6 +86,7 @@ from __future__ import annotations
 # inside the functions that need them).
 from . import (
     arrays,
+    batch,
     causality,
     equivalence,
     goodness_of_fit,
@@ -138,6 +140,11 @@ PaddingComparison = padding.PaddingComparison
 compare_padding = padding.compare_padding
 assert_padding_invariant = padding.assert_padding_invariant
 
+# batch.py
+BatchInvariance = batch.BatchInvariance
+batch_invariance = batch.batch_invariance
+assert_batch_invariant = batch.assert_batch_invariant
+
 # purity.py
 assert_pure = purity.assert_pure
 
@@ -177,6 +184,7 @@ __all__ = [
     "dependency_matrix", "format_dependency_matrix", "allowed_dependencies", "assert_causal",
     "enumerate_sequences", "enumerate_log_probs", "assert_normalized",
     "PaddingComparison", "compare_padding", "assert_padding_invariant",
+    "BatchInvariance", "batch_invariance", "assert_batch_invariant",
     "assert_pure",
     "naive_float32", "logits_through_cache",
     "FD_STEPS", "FD_ACCURACY", "FiniteDifference", "finite_difference_grad",
