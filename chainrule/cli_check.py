@@ -4,8 +4,8 @@
                          [--family NAME] [--bos-token ID] [--seed S] [--json PATH] [--list]
         check your model against chainrule's float64 reference on the same weights: logits,
         log-likelihood, exact causality, KV cache = recompute, greedy tokens, padding invariance.
-        PATH: a HF transformers GPT-2 directory (config.json + model.safetensors) or a run of
-        `chainrule train gpt`. Exit status 0: every check passes; 1: one fails; 2: usage or load error.
+        PATH: a HF transformers GPT-2, Llama, Mistral or Qwen2 directory (config.json +
+        model.safetensors) or a run of `chainrule train gpt`. Exit status 0: every check passes; 1: one fails; 2: usage or load error.
     chainrule export RUN --to hf DIR [--force]
         write a run as a HF transformers directory (config.json, model.safetensors,
         generation_config.json) that AutoModelForCausalLM.from_pretrained(DIR) loads.
@@ -28,7 +28,8 @@ def add_check_commands(subparsers) -> None:
     c = subparsers.add_parser(
         "check", help="check your model (HF GPT-2 directory or chainrule run) against the float64 reference",
         description="Check a model against chainrule's float64 reference on the same weights: logits and "
-        "log-likelihood under the tolerance table, exact causality, KV cache = recompute, greedy tokens. "
+        "log-likelihood under the tolerance table, exact causality, KV cache = recompute, greedy tokens, "
+        "padding invariance. "
         "Exit status 0 if every check passes, 1 if one fails, 2 on a usage or load error.",
     )  # fmt: skip
     c.add_argument("path", nargs="?", metavar="PATH",

@@ -11,6 +11,13 @@ import math
 from chainrule.reference.xp import namespace, special
 
 
+def numpy_errstate(xp):
+    """NumPy's overflow warnings off (exp of a large argument is inf on purpose); a no-op elsewhere."""
+    import contextlib
+
+    return xp.errstate(over="ignore") if hasattr(xp, "errstate") else contextlib.nullcontext()
+
+
 def linear(x, w, b=None):
     """y = x W + b.   x: (..., I), w: (I, O), b: (O,) -> (..., O)."""
     y = x @ w
@@ -175,9 +182,10 @@ def rms_norm(x, weight, eps=1e-6, offset=0.0):
 
 
 def silu(x):
-    """SiLU (swish): x sigmoid(x) = x / (1 + exp(-x))."""
+    """SiLU (swish): x sigmoid(x) = x / (1 + exp(-x)), in x's dtype (exp(-x) = inf gives -0)."""
     xp = namespace(x)
-    return x * special(xp).expit(x)
+    with numpy_errstate(xp):
+        return x / (1.0 + xp.exp(-x))
 
 
 def swiglu(x, w_gate, w_up, w_down):

@@ -35,7 +35,7 @@ PAGES = [README, *sorted(DOCS.rglob("*.md"))]
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 NO_TEST = re.compile(r"^<!--\s*no-test(?P<colon>:)?(?P<reason>.*?)-->\s*$")
 MAX_README_LINES = 150
-PLANNED = ["PixelRNN", "WaveNet", "Encoder-decoder transformer", "LLaMA", "VQ-VAE", "VQGAN", "ImageGPT",
+PLANNED = ["PixelRNN", "WaveNet", "Encoder-decoder transformer", "VQ-VAE", "VQGAN", "ImageGPT",
            "DALL-E", "MADE", "MAF", "IAF", "masked diffusion"]  # fmt: skip
 
 
