@@ -26,8 +26,8 @@ import numpy as np
 from chainrule import check as C
 from chainrule.reference import checks
 from chainrule.reference import gpt as ref_gpt
-from chainrule.families.hf import (hf_bos, hf_functions, import_transformers, json_field, quiet_transformers,
-                                   read_json, torch_dtype, weight_files)
+from chainrule.families.hf import (hf_bos, hf_functions, import_transformers, json_field, naive_baseline,
+                                   quiet_transformers, read_json, torch_dtype, weight_files)
 
 
 
@@ -50,29 +50,6 @@ def options_note(config) -> str | None:
         options.append("untied LM head")
     return "GPT-2 options: " + ", ".join(options) if options else None
 
-
-def _naive(params: dict, dtype: str, device: str):
-    """(naive logits, naive log_prob, description) of the low-precision rule; Nones in float64."""
-    if dtype == "float64":
-        return None, None, ""
-    if dtype in ("float32", "float16"):
-        return (C.naive_numpy(ref_gpt.forward, params, dtype), C.naive_numpy(ref_gpt.log_prob, params, dtype),
-                f"the reference itself in {dtype} NumPy")  # fmt: skip
-    import torch
-
-    from chainrule.fast import backend
-    from chainrule.fast import gpt as fast_gpt
-
-    P = backend.to_torch(params, device, torch.bfloat16)
-
-    def run(fn):
-        def naive(config, tokens):
-            with torch.no_grad():
-                return checks.as_float64(fn(P, config, torch.as_tensor(tokens, device=device), attn_impl="math"))
-
-        return naive
-
-    return run(fast_gpt.forward), run(fast_gpt.log_prob), "fast.gpt in bfloat16, unfused attention (no NumPy bfloat16)"
 
 
 # ----------------------------------------------------------------------------- hf-gpt2
@@ -123,7 +100,7 @@ def load_hf(path: Path, *, dtype: str | None, device: str, bos_token: int | None
         raise C.CheckError(f"--dtype {dtype}: transformers loaded the model in {got}")
     attn = getattr(model.config, "_attn_implementation", None) or "default"
     description = f"transformers {transformers.__version__} GPT2LMHeadModel ({attn} attention), {_describe(config)}"
-    naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
+    naive_logits, naive_log_prob, naive_text = naive_baseline(ref_gpt, "gpt", params, dtype, device)
     *functions, padded_logits, padded_note = hf_functions(model, config, dtype, device)
     return C.Subject("hf-gpt2", description, dtype, device, ref_gpt, params, config, *functions,
                      naive_logits=naive_logits, naive_log_prob=naive_log_prob, naive_description=naive_text,
@@ -189,7 +166,7 @@ def load_run(path: Path, *, dtype: str | None, device: str, bos_token: int | Non
         return fast_gpt.forward(P, config, tokens_t(tokens), tokens_t(mask))
 
     description = f"fast.gpt (chainrule run at step {meta['step']}), {_describe(config)}"
-    naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
+    naive_logits, naive_log_prob, naive_text = naive_baseline(ref_gpt, "gpt", params, dtype, device)
     notes = [options_note(config)] if options_note(config) else []
     return C.Subject("chainrule-gpt", description, dtype, device, ref_gpt, params, config, logits, log_prob,
                      cached_logits, greedy, naive_logits, naive_log_prob, naive_text, notes=notes,

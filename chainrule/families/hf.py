@@ -171,3 +171,32 @@ def hf_bos(hf_config: dict, bos_token: int | None, notes: list) -> int:
     notes.append(f"bos_token_id {hf_config.get('bos_token_id')!r} is outside the vocabulary: "
                  "log-likelihood uses bos 0 (--bos-token ID)")
     return 0
+
+
+def naive_baseline(reference, fast_name: str, params: dict, dtype: str, device: str):
+    """(naive logits, naive log_prob, description) of the low-precision rule for a model whose spec is
+    the module `reference` and whose torch twin is chainrule.fast.<fast_name>; Nones in float64.
+    float32/float16: the reference itself in that NumPy dtype; bfloat16 (NumPy has none): the fast
+    twin in bfloat16 with unfused attention."""
+    if dtype == "float64":
+        return None, None, ""
+    if dtype in ("float32", "float16"):
+        return (C.naive_numpy(reference.forward, params, dtype), C.naive_numpy(reference.log_prob, params, dtype),
+                f"the reference itself in {dtype} NumPy")  # fmt: skip
+    import importlib
+
+    import torch
+
+    from chainrule.fast import backend
+
+    fast = importlib.import_module(f"chainrule.fast.{fast_name}")
+    P = backend.to_torch(params, device, torch.bfloat16)
+
+    def run(fn):
+        def naive(config, tokens):
+            with torch.no_grad():
+                return checks.as_float64(fn(P, config, torch.as_tensor(tokens, device=device), attn_impl="math"))
+
+        return naive
+
+    return run(fast.forward), run(fast.log_prob), f"fast.{fast_name} in bfloat16, unfused attention (no NumPy bfloat16)"

@@ -52,31 +52,6 @@ def _describe(config) -> str:
     return f"L{config.n_layer} {heads} C{config.n_embd} V{config.vocab_size} T{config.max_position}{extra}"
 
 
-def _naive(params: dict, dtype: str, device: str):
-    """(naive logits, naive log_prob, description) of the low-precision rule; Nones in float64."""
-    if dtype == "float64":
-        return None, None, ""
-    if dtype in ("float32", "float16"):
-        return (C.naive_numpy(ref_llama.forward, params, dtype), C.naive_numpy(ref_llama.log_prob, params, dtype),
-                f"the reference itself in {dtype} NumPy")  # fmt: skip
-    import torch
-
-    from chainrule.fast import backend
-    from chainrule.fast import llama as fast_llama
-
-    P = backend.to_torch(params, device, torch.bfloat16)
-
-    def run(fn):
-        def naive(config, tokens):
-            with torch.no_grad():
-                return checks.as_float64(fn(P, config, torch.as_tensor(tokens, device=device), attn_impl="math"))
-
-        return naive
-
-    return (run(fast_llama.forward), run(fast_llama.log_prob),
-            "fast.llama in bfloat16, unfused attention (no NumPy bfloat16)")  # fmt: skip
-
-
 def load(path: Path, *, dtype: str | None, device: str, bos_token: int | None, patch=None) -> C.Subject:
     """The Subject of a HF Llama / Mistral / Qwen2 directory: the transformers model from it (in
     `dtype`, default the config's, on `device`) under test; reference.llama on the safetensors
@@ -119,7 +94,7 @@ def load(path: Path, *, dtype: str | None, device: str, bos_token: int | None, p
         raise C.CheckError(f"--dtype {dtype}: transformers loaded the model in {got}")
     attn = getattr(model.config, "_attn_implementation", None) or "default"
     description = f"transformers {transformers.__version__} {want} ({attn} attention), {_describe(config)}"
-    naive_logits, naive_log_prob, naive_text = _naive(params, dtype, device)
+    naive_logits, naive_log_prob, naive_text = hf.naive_baseline(ref_llama, "llama", params, dtype, device)
     *functions, padded_logits, padded_note = hf.hf_functions(model, config, dtype, device)
     return LlamaSubject("hf-llama", description, dtype, device, ref_llama, params, config, *functions,
                    naive_logits=naive_logits, naive_log_prob=naive_log_prob, naive_description=naive_text,
